@@ -1,0 +1,58 @@
+"""Share one NumPy array between processes through shared memory, with zero copies.
+
+>>> import numpy as np
+>>> from shared_memory_array import SharedMemoryArray
+>>> with SharedMemoryArray.copy(None, np.ones(4)) as shared:
+...     float(shared.as_array().sum())
+4.0
+"""
+
+from __future__ import annotations
+
+from ._array import SharedMemoryArray, _rebuild
+from ._errors import (
+    ClosedHandleError,
+    InvalidNameError,
+    LayoutError,
+    NotOwnerError,
+    OutOfSharedMemoryError,
+    SegmentExistsError,
+    SegmentNotFoundError,
+    SharedMemoryArrayError,
+    UnsupportedDtypeError,
+)
+from ._manager import SharedMemoryManager
+from ._version import __version__
+
+SharedArray = SharedMemoryArray
+"""Alias of `SharedMemoryArray`, the name the published examples use."""
+
+for _error in (
+    ClosedHandleError,
+    InvalidNameError,
+    LayoutError,
+    NotOwnerError,
+    OutOfSharedMemoryError,
+    SegmentExistsError,
+    SegmentNotFoundError,
+    SharedMemoryArrayError,
+    UnsupportedDtypeError,
+):
+    _error.__module__ = __name__
+del _error
+
+__all__ = [
+    "ClosedHandleError",
+    "InvalidNameError",
+    "LayoutError",
+    "NotOwnerError",
+    "OutOfSharedMemoryError",
+    "SegmentExistsError",
+    "SegmentNotFoundError",
+    "SharedArray",
+    "SharedMemoryArray",
+    "SharedMemoryArrayError",
+    "SharedMemoryManager",
+    "UnsupportedDtypeError",
+    "__version__",
+]

@@ -1,0 +1,550 @@
+"""`SharedMemoryArray`: a small, picklable handle to a NumPy array in shared memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from multiprocessing import util
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _compat, _layout, _names, _segment
+from ._errors import ClosedHandleError, LayoutError, NotOwnerError
+from ._layout import Layout, ShapeLike
+
+__all__ = ["SharedMemoryArray"]
+
+_ScalarT = TypeVar("_ScalarT", bound=np.generic, covariant=True)
+_Handle = TypeVar("_Handle", bound="SharedMemoryArray[Any]")
+Order = Literal["C", "F"]
+
+# Non-contiguous sources are copied into the segment in blocks of about this
+# size, so copy() never makes a full temporary of the array.
+_COPY_BLOCK_BYTES = 1 << 24
+
+
+def _fortran(order: str | None) -> bool:
+    if order not in ("C", "F"):
+        raise LayoutError(f"expected order 'C' or 'F' (got {order!r})")
+    return order == "F"
+
+
+def _blocks(array: np.ndarray[Any, Any], fortran: bool) -> Iterator[tuple[int, _segment.Bytes]]:
+    """Yield ``(offset, bytes)`` pieces of ``array`` laid out in C or Fortran order."""
+    if fortran:  # the Fortran-order bytes of a are the C-order bytes of a.T
+        array = array.T
+    if array.flags.c_contiguous:
+        yield 0, array.reshape(-1).view(np.uint8)
+        return
+    rows_per_block = max(1, _COPY_BLOCK_BYTES // max(1, array[0].nbytes))
+    offset = 0
+    for start in range(0, array.shape[0], rows_per_block):
+        block = np.ascontiguousarray(array[start : start + rows_per_block])
+        yield offset, block.reshape(-1).view(np.uint8)
+        offset += block.nbytes
+
+
+def _release(name: str, creator_pid: int) -> None:
+    """Unlink an owned segment: run by close(), garbage collection or process exit."""
+    # A fork()ed child holds a copy of the owner handle and of this finalizer;
+    # only the creating process may unlink.
+    if os.getpid() == creator_pid:
+        _segment.unlink(name)
+        _compat.unregister_creator(name)
+
+
+class SharedMemoryArray(Generic[_ScalarT]):
+    """A handle to a NumPy array that lives in a named shared memory segment.
+
+    Make one with `allocate`, `allocate_like`, `copy` or `attach`; never call the
+    class directly.  A handle pickles to its name, shape and dtype only, so passing
+    it to a worker process costs the same whatever the array's size, and the worker
+    gets a zero-copy view of the same memory from `as_array`.
+
+    Ownership: the handle returned by `allocate`, `allocate_like` or `copy` is the
+    segment's *owner*.  Closing the owner unlinks the segment (through the manager,
+    when one was given).  Without a manager, an owner that is garbage collected, or
+    still open when its process exits, unlinks too, so nothing outlives the program.
+    With a manager, the manager unlinks whatever is left when it shuts down.  Handles
+    made by `attach` or by unpickling are never owners: closing them only releases
+    this process's mapping.
+
+    Arrays returned by `as_array` keep their memory mapped for as long as they live,
+    even after `close`; the segment's name is what `close` (or `unlink`) removes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shared_memory_array import SharedMemoryArray
+    >>> with SharedMemoryArray.copy(None, np.arange(6.0).reshape(2, 3)) as shared:
+    ...     view = shared.as_array()
+    ...     float(view.sum())
+    15.0
+    """
+
+    # Class-level defaults, so close() works on a handle whose construction failed.
+    _segment: _segment.Bytes | None = None
+    _closed = False
+    _owner_pid = 0
+    _finalizer: util.Finalize | None = None
+    _manager: _compat.ManagerLink | None = None
+
+    _name: str
+    _layout: Layout
+    _raw: bool
+
+    def __init__(self) -> None:
+        raise TypeError(
+            "use SharedMemoryArray.allocate(), allocate_like(), copy() or attach() to "
+            "make a SharedMemoryArray"
+        )
+
+    @classmethod
+    def _make(
+        cls: type[_Handle], name: str, layout: Layout, raw: bool, segment: _segment.Bytes | None
+    ) -> _Handle:
+        self = cls.__new__(cls)
+        self._name = name
+        self._layout = layout
+        self._raw = raw
+        self._segment = segment
+        return self
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def allocate(
+        cls,
+        manager: object,
+        shape: ShapeLike,
+        dtype: npt.DTypeLike = np.float64,
+        *,
+        order: Order = "C",
+        name: str | None = None,
+    ) -> SharedMemoryArray[Any]:
+        """Make a new zero-filled shared array and return its owner handle.
+
+        Parameters
+        ----------
+        manager : multiprocessing.managers.SharedMemoryManager or None
+            A started manager that unlinks the segment when it shuts down, or
+            ``None`` for the handle to own the segment alone.
+        shape : int or sequence of int
+            Shape of the array.
+        dtype : data-type, default float64
+            Any NumPy dtype without object fields: numbers, bool, datetime64,
+            strings, byte-swapped and structured dtypes.
+        order : {'C', 'F'}, default 'C'
+            Memory layout of the array.
+        name : str, optional
+            Name for the segment; by default a fresh ``sma_<pid>_<random>`` one.
+
+        Returns
+        -------
+        SharedMemoryArray
+            The owner handle.
+
+        Raises
+        ------
+        OutOfSharedMemoryError
+            ``/dev/shm`` cannot hold the array; nothing is left behind.
+        SegmentExistsError
+            ``name`` is taken.
+        LayoutError, UnsupportedDtypeError, InvalidNameError
+            Invalid shape, dtype or name.
+        """
+        dims, dt = _layout.normalize(shape, dtype)
+        return cls._create(manager, dims, dt, _fortran(order), _checked_name(name), None)
+
+    @classmethod
+    def allocate_unsafe(
+        cls,
+        manager: object,
+        shape: ShapeLike,
+        dtype: npt.DTypeLike = np.float64,
+        *,
+        order: Order = "C",
+        name: str | None = None,
+    ) -> SharedMemoryArray[Any]:
+        """`allocate` without normalising its arguments; they must already be valid."""
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        dt = _layout.normalize_dtype(dtype)
+        return cls._create(manager, dims, dt, order == "F", name, None)
+
+    @classmethod
+    def allocate_like(
+        cls, manager: object, template: npt.ArrayLike, *, name: str | None = None
+    ) -> SharedMemoryArray[Any]:
+        """Make a zero-filled shared array with the shape, dtype and order of ``template``.
+
+        Fortran order is kept when ``template`` is Fortran-contiguous (and not also
+        C-contiguous); otherwise the array is C-ordered.  See `allocate`.
+        """
+        array = np.asarray(template)
+        dims, dt = _layout.normalize(array.shape, array.dtype)
+        return cls._create(manager, dims, dt, _is_fortran(array), _checked_name(name), None)
+
+    @classmethod
+    def allocate_like_unsafe(
+        cls, manager: object, template: npt.ArrayLike, *, name: str | None = None
+    ) -> SharedMemoryArray[Any]:
+        """`allocate_like` without normalising its arguments."""
+        array = np.asarray(template)
+        dt = _layout.normalize_dtype(array.dtype)
+        return cls._create(manager, array.shape, dt, _is_fortran(array), name, None)
+
+    @classmethod
+    def copy(
+        cls, manager: object, data: npt.ArrayLike, *, name: str | None = None
+    ) -> SharedMemoryArray[Any]:
+        """Copy ``data`` into a new shared array and return its owner handle.
+
+        Any array works, contiguous or not (slices with steps, transposes,
+        negative strides, broadcasts): the shared array holds equal values, in
+        Fortran order if ``data`` is Fortran-contiguous, else in C order.  The
+        bytes are written straight into the new segment, in blocks, with no full
+        temporary copy.  See `allocate` for the parameters and errors.
+        """
+        array = np.asarray(data)
+        dims, dt = _layout.normalize(array.shape, array.dtype)
+        return cls._create(manager, dims, dt, _is_fortran(array), _checked_name(name), array)
+
+    @classmethod
+    def copy_unsafe(
+        cls, manager: object, data: npt.ArrayLike, *, name: str | None = None
+    ) -> SharedMemoryArray[Any]:
+        """`copy` without normalising its arguments."""
+        array = np.asarray(data)
+        dt = _layout.normalize_dtype(array.dtype)
+        return cls._create(manager, array.shape, dt, _is_fortran(array), name, array)
+
+    @classmethod
+    def _create(
+        cls,
+        manager: object,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        fortran: bool,
+        name: str | None,
+        source: np.ndarray[Any, Any] | None,
+    ) -> SharedMemoryArray[Any]:
+        link = None if manager is None else _compat.manager_link(manager)
+        name = name or _names.generate()
+        header, offset = _layout.encode(shape, dtype, fortran)
+        layout = Layout(shape, dtype, fortran, offset)
+        segment = _segment.create(
+            name,
+            offset + layout.nbytes,
+            _pieces(header, offset, source, fortran),
+            filled=source is not None,
+        )
+        self = cls._make(name, layout, False, segment)
+        try:
+            if link is None:
+                _compat.register_creator(name)
+                self._finalizer = util.Finalize(
+                    self, _release, args=(name, os.getpid()), exitpriority=0
+                )
+            else:
+                _compat.manager_track(link, name)
+                self._manager = link
+        except BaseException:
+            _segment.unlink(name)
+            raise
+        self._owner_pid = os.getpid()
+        return self
+
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        shape: ShapeLike | None = None,
+        dtype: npt.DTypeLike | None = None,
+        *,
+        order: Order | None = None,
+    ) -> SharedMemoryArray[Any]:
+        """Attach to an existing segment by name; the handle is not an owner.
+
+        Parameters
+        ----------
+        name : str
+            The segment's name (`SharedMemoryArray.name` of the creator's handle).
+        shape, dtype, order : optional
+            For a segment made by this library these are read from the segment and
+            may be left out; any that are given are checked against it.  A segment
+            made by other means (e.g. ``multiprocessing.shared_memory``) needs
+            ``shape`` and ``dtype``; its data starts at its first byte.
+
+        Raises
+        ------
+        SegmentNotFoundError
+            No segment has this name.
+        LayoutError
+            The given shape, dtype or order differ from the segment's, or the
+            segment is too small for them.  Nothing is unlinked.
+        """
+        name = _names.validate(name)
+        segment = _segment.open_existing(name)
+        layout, raw = _resolve(name, segment, shape, dtype, order, validate=True)
+        return cls._make(name, layout, raw, segment)
+
+    @classmethod
+    def attach_unsafe(
+        cls,
+        name: str,
+        shape: ShapeLike | None = None,
+        dtype: npt.DTypeLike | None = None,
+        *,
+        order: Order | None = None,
+    ) -> SharedMemoryArray[Any]:
+        """`attach` without validating the name or comparing arguments with the header.
+
+        The view is still bounded by the segment: a shape too large raises from NumPy.
+        """
+        segment = _segment.open_existing(name)
+        layout, raw = _resolve(name, segment, shape, dtype, order, validate=False)
+        return cls._make(name, layout, raw, segment)
+
+    # ------------------------------------------------------------------ access
+
+    def as_array(self) -> npt.NDArray[_ScalarT]:
+        """Return a NumPy array over the shared memory (no copy).
+
+        Writes through it are seen by every process.  The array keeps the memory
+        mapped as long as it lives, even after `close`.
+
+        Raises
+        ------
+        ClosedHandleError
+            The handle was closed.
+        """
+        segment = self._segment
+        if segment is None:
+            segment = self._attach_lazily()
+        shape, dtype, fortran, offset = self._layout
+        flat = segment[offset : offset + self._layout.nbytes].view(dtype)
+        return flat.reshape(shape, order="F" if fortran else "C")  # type: ignore[no-any-return]
+
+    def _attach_lazily(self) -> _segment.Bytes:
+        # Unpickling never maps anything (a failure there would surface inside the
+        # executor's plumbing); the first use does, and checks what the pickle said.
+        if self._closed:
+            raise ClosedHandleError(
+                f"shared array {self._name!r} is closed", segment=self._name
+            )
+        name = _names.validate(self._name)
+        segment = _segment.open_existing(name)
+        shape, dtype, fortran, _ = self._layout
+        self._layout, self._raw = _resolve(
+            name, segment, shape, dtype, "F" if fortran else "C", validate=True
+        )
+        self._segment = segment
+        return segment
+
+    def __array__(
+        self, dtype: npt.DTypeLike | None = None, copy: bool | None = None
+    ) -> npt.NDArray[Any]:
+        array = self.as_array()
+        if copy:
+            return np.array(array, dtype=dtype, copy=True)
+        if dtype is None or np.dtype(dtype) == array.dtype:
+            return array
+        if copy is False:
+            raise ValueError(
+                f"shared array {self._name!r} has dtype {array.dtype}; converting it to "
+                f"{np.dtype(dtype)} needs a copy"
+            )
+        return array.astype(dtype)
+
+    @property
+    def name(self) -> str:
+        """Name of the shared memory segment; `attach` takes it."""
+        return self._name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array."""
+        return self._layout.shape
+
+    @property
+    def dtype(self) -> np.dtype[_ScalarT]:
+        """Data type of the array."""
+        return self._layout.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self._layout.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return self._layout.size
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the array in bytes."""
+        return self._layout.nbytes
+
+    @property
+    def owner(self) -> bool:
+        """Whether closing this handle unlinks the segment (only in the creating process)."""
+        return self._owner_pid == os.getpid()
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Release this handle; if it is the owner, also unlink the segment.
+
+        Idempotent, never raises and prints nothing.  Arrays from `as_array` stay
+        valid: their memory is unmapped when the last of them is gone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._segment = None
+        if self.owner:
+            self._unlink()
+
+    def unlink(self) -> None:
+        """Remove the segment's name now; only the owner may.
+
+        Mappings, including this handle's, stay valid; no new process can attach.
+
+        Raises
+        ------
+        NotOwnerError
+            This handle is not the owner (it was attached or unpickled, or this is
+            a forked child of the owner's process).
+        """
+        if not self.owner:
+            raise NotOwnerError(
+                f"shared array {self._name!r} can only be unlinked by its owner, the "
+                "handle that created it, in the process that created it",
+                segment=self._name,
+            )
+        self._unlink()
+
+    def _unlink(self) -> None:
+        self._owner_pid = 0
+        if self._manager is not None:
+            _compat.manager_release(self._manager, self._name)
+        elif self._finalizer is not None:
+            self._finalizer()
+
+    @contextlib.contextmanager
+    def managed(self: _Handle) -> Iterator[_Handle]:
+        """Context manager that yields the handle and closes it on exit."""
+        try:
+            yield self
+        finally:
+            self.close()
+
+    def __enter__(self: _Handle) -> _Handle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ protocols
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        shape, dtype, fortran, _ = self._layout
+        return (_rebuild, (self._name, shape, dtype, fortran, self._raw))
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return (
+            f"<{type(self).__name__} {self._name!r} shape={self.shape} "
+            f"dtype={self.dtype} owner={self.owner}{state}>"
+        )
+
+
+def _pieces(
+    header: bytes, offset: int, source: np.ndarray[Any, Any] | None, fortran: bool
+) -> Iterator[tuple[int, _segment.Bytes]]:
+    """Yield what a new segment holds: the header, then the source's bytes if any."""
+    yield 0, np.frombuffer(header, np.uint8)
+    if source is not None:
+        for at, block in _blocks(source, fortran):
+            yield offset + at, block
+
+
+def _checked_name(name: str | None) -> str | None:
+    return None if name is None else _names.validate(name)
+
+
+def _is_fortran(array: np.ndarray[Any, Any]) -> bool:
+    return array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
+
+
+def _resolve(
+    name: str,
+    segment: _segment.Bytes,
+    shape: ShapeLike | None,
+    dtype: npt.DTypeLike | None,
+    order: str | None,
+    *,
+    validate: bool,
+) -> tuple[Layout, bool]:
+    """Return the layout of a mapped segment and whether it is raw (has no header)."""
+    if _layout.has_header(segment):
+        found = _layout.decode(segment, name)
+        if not validate:
+            return found, False
+        wanted = Layout(
+            found.shape
+            if shape is None
+            else _layout.normalize(shape, found.dtype if dtype is None else dtype, name)[0],
+            found.dtype if dtype is None else _layout.normalize_dtype(dtype, name),
+            found.fortran if order is None else _fortran(order),
+            found.offset,
+        )
+        if wanted != found:
+            raise LayoutError(
+                f"segment {name!r} holds {_describe(found)}, not {_describe(wanted)}",
+                segment=name,
+            )
+        return found, False
+    if shape is None or dtype is None:
+        raise LayoutError(
+            f"segment {name!r} was not made by shared-memory-array (it has no header): "
+            "pass its shape and dtype",
+            segment=name,
+        )
+    if validate:
+        dims, dt = _layout.normalize(shape, dtype, name)
+    else:
+        dims, dt = ((shape,) if isinstance(shape, int) else tuple(shape)), np.dtype(dtype)
+    layout = Layout(dims, dt, order == "F" if order is not None else False, 0)
+    if layout.nbytes > segment.size:
+        raise LayoutError(
+            f"segment {name!r} has {segment.size} bytes, too small for "
+            f"{_describe(layout)} ({layout.nbytes} bytes)",
+            segment=name,
+        )
+    return layout, True
+
+
+def _describe(layout: Layout) -> str:
+    order = "Fortran" if layout.fortran else "C"
+    return f"an array of shape {layout.shape}, dtype {layout.dtype}, {order} order"
+
+
+def _rebuild(
+    name: str, shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool, raw: bool
+) -> SharedMemoryArray[Any]:
+    """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
+    return SharedMemoryArray._make(name, Layout(shape, dtype, fortran, 0), raw, None)
+
+
+SharedMemoryArray.__module__ = "shared_memory_array"
+_rebuild.__module__ = "shared_memory_array"

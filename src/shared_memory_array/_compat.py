@@ -1,0 +1,88 @@
+"""The CPython internals this library leans on, kept in one place.
+
+Each function here works on CPython 3.9 to 3.13; if a future version moves one of
+these internals, this module is the only one to change.
+"""
+
+from __future__ import annotations
+
+import sys
+from multiprocessing import managers
+from typing import Any, Callable, NamedTuple
+
+from . import _segment
+from ._errors import SharedMemoryArrayError
+
+_POSIX = sys.platform != "win32"
+
+
+def register_creator(name: str) -> None:
+    """Let this process's resource tracker unlink ``name`` if the process is killed.
+
+    Only the creator registers.  A process that attaches never does (gh-82300: the
+    tracker of a process that merely attached unlinks the segment when that process
+    exits, destroying the creator's data), and it does not register-then-unregister
+    either: a multiprocessing child shares its parent's tracker, whose single entry
+    per name the unregister would remove.
+    """
+    if _POSIX:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.register("/" + name, "shared_memory")
+
+
+def unregister_creator(name: str) -> None:
+    """Undo `register_creator` once the creator has unlinked ``name`` itself."""
+    if _POSIX:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister("/" + name, "shared_memory")
+
+
+class ManagerLink(NamedTuple):
+    """How to reach a started ``SharedMemoryManager``'s server from this process."""
+
+    client: Callable[..., Any]
+    address: Any
+    authkey: bytes
+
+
+def manager_link(manager: object) -> ManagerLink:
+    """Check ``manager`` is a started ``SharedMemoryManager`` and return its link."""
+    if not isinstance(manager, managers.SharedMemoryManager):
+        raise TypeError(
+            "expected a multiprocessing.managers.SharedMemoryManager or None "
+            f"(got {type(manager).__name__})"
+        )
+    if manager._state.value != managers.State.STARTED:  # type: ignore[attr-defined]
+        raise SharedMemoryArrayError(
+            "the SharedMemoryManager is not running: call start() or use it as a "
+            "context manager (with SharedMemoryManager() as manager: ...)"
+        )
+    return ManagerLink(manager._Client, manager.address, manager._authkey)  # type: ignore[attr-defined]
+
+
+def _dispatch(link: ManagerLink, method: str, name: str) -> None:
+    with link.client(link.address, authkey=link.authkey) as conn:
+        managers.dispatch(conn, None, method, (name,))  # type: ignore[attr-defined]
+
+
+def manager_track(link: ManagerLink, name: str) -> None:
+    """Ask the manager's server to unlink ``name`` when the manager shuts down."""
+    _dispatch(link, "track_segment", name)
+
+
+def manager_release(link: ManagerLink, name: str) -> None:
+    """Unlink ``name`` through the manager and drop it from the manager's list.
+
+    Dropping it matters: at shutdown the stdlib server unlinks its segments in
+    order and stops at the first one that is already gone, leaking the rest.
+    If the manager is unreachable (shut down, or its process died) the segment is
+    unlinked here instead.
+    """
+    try:
+        _dispatch(link, "release_segment", name)
+    except managers.RemoteError:
+        pass  # the server dropped the name, then found the segment already gone
+    except (OSError, EOFError):
+        _segment.unlink(name)

@@ -1,0 +1,114 @@
+"""Exceptions raised by shared-memory-array.
+
+Every exception names the segment it is about (``exc.segment``, ``None`` when no
+segment exists yet) and subclasses the builtin that code already catches::
+
+    SharedMemoryArrayError(Exception)
+    ├── SegmentNotFoundError(FileNotFoundError)
+    ├── SegmentExistsError(FileExistsError)
+    ├── NotOwnerError(PermissionError)
+    ├── OutOfSharedMemoryError(OSError, MemoryError)
+    ├── InvalidNameError(ValueError)
+    ├── LayoutError(ValueError)
+    ├── ClosedHandleError(ValueError)
+    └── UnsupportedDtypeError(TypeError)
+
+They pickle (exceptions raised in a worker travel back to the parent by pickle):
+``BaseException.__reduce__`` sends ``(type, args, __dict__)``, so each constructor
+takes the message alone and keeps its data as attributes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+__all__ = [
+    "ClosedHandleError",
+    "InvalidNameError",
+    "LayoutError",
+    "NotOwnerError",
+    "OutOfSharedMemoryError",
+    "SegmentExistsError",
+    "SegmentNotFoundError",
+    "SharedMemoryArrayError",
+    "UnsupportedDtypeError",
+]
+
+
+class SharedMemoryArrayError(Exception):
+    """Base class of every exception this library raises.
+
+    Attributes
+    ----------
+    segment : str or None
+        Name of the shared memory segment concerned.
+    """
+
+    def __init__(self, message: str, *, segment: str | None = None) -> None:
+        super().__init__(message)
+        self.segment = segment
+
+
+class SegmentNotFoundError(SharedMemoryArrayError, FileNotFoundError):
+    """No shared memory segment has this name (never made, or already unlinked)."""
+
+    def __init__(self, message: str, *, segment: str | None = None) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.ENOENT
+
+
+class SegmentExistsError(SharedMemoryArrayError, FileExistsError):
+    """A segment with the requested name already exists; it was left untouched."""
+
+    def __init__(self, message: str, *, segment: str | None = None) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.EEXIST
+
+
+class NotOwnerError(SharedMemoryArrayError, PermissionError):
+    """Only the handle that created a segment may unlink it."""
+
+    def __init__(self, message: str, *, segment: str | None = None) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.EPERM
+
+
+class OutOfSharedMemoryError(SharedMemoryArrayError, OSError, MemoryError):
+    """The shared memory filesystem cannot hold the segment.
+
+    Attributes
+    ----------
+    requested : int or None
+        Bytes the segment needed.
+    available : int or None
+        Bytes free in the shared memory filesystem when the request failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        segment: str | None = None,
+        requested: int | None = None,
+        available: int | None = None,
+    ) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.ENOSPC
+        self.requested = requested
+        self.available = available
+
+
+class InvalidNameError(SharedMemoryArrayError, ValueError):
+    """A segment name is not a portable shared memory name."""
+
+
+class LayoutError(SharedMemoryArrayError, ValueError):
+    """A shape, dtype or order is invalid, or does not match the segment."""
+
+
+class ClosedHandleError(SharedMemoryArrayError, ValueError):
+    """The handle was closed; arrays taken from it before stay valid."""
+
+
+class UnsupportedDtypeError(SharedMemoryArrayError, TypeError):
+    """The dtype cannot live in shared memory (object fields hold process-local pointers)."""

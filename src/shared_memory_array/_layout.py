@@ -9,9 +9,10 @@ description of the array, then (at a page-aligned offset) the array bytes::
                length of the description (uint32)         4
                offset of the data (uint64)                8
                size of the data in bytes (uint64)         8
-    offset 32  description: repr of {'descr': ..., 'shape': ...}, ASCII, where
+    offset 32  description: repr of {'descr': ..., 'shape': ...}, where
                'descr' is ``numpy.lib.format.dtype_to_descr(dtype)`` (keeps
-               structured fields, padding and byte order, unlike ``dtype.str``)
+               structured fields, padding and byte order, unlike ``dtype.str``),
+               UTF-8 (field names may be any string)
     offset D   the array, D a multiple of 4096
 
 Segments made by others have no header; they are attached with an explicit
@@ -127,7 +128,7 @@ def encode(shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool) -> tuple
     """Return ``(header bytes, data offset)`` describing an array."""
     description = repr(
         {"descr": npformat.dtype_to_descr(dtype), "shape": shape}
-    ).encode("ascii")
+    ).encode("utf-8")
     offset = -(-(_FIXED.size + len(description)) // DATA_ALIGNMENT) * DATA_ALIGNMENT
     nbytes = _count(shape) * dtype.itemsize
     fixed = _FIXED.pack(
@@ -165,7 +166,7 @@ def decode(segment_bytes: np.ndarray[Any, np.dtype[np.uint8]], name: str) -> Lay
         )
     text = segment_bytes[_FIXED.size : _FIXED.size + length].tobytes()
     try:
-        meta = ast.literal_eval(text.decode("ascii"))
+        meta = ast.literal_eval(text.decode("utf-8"))
         dtype = npformat.descr_to_dtype(meta["descr"])
         shape = tuple(meta["shape"])
     except Exception as exc:  # literal_eval and descr_to_dtype raise many types

@@ -132,26 +132,33 @@ def create(
             f"shared memory segment {name!r} already exists", segment=name
         ) from None
     try:
-        if not hasattr(os, "posix_fallocate"):  # macOS: no fallocate, no write() on shm
-            os.ftruncate(fd, size)
-            segment = _map(fd, size, writable=True)
-            for offset, data in chunks:
-                segment[offset : offset + data.size] = data
-            return segment
-        if filled:
-            os.ftruncate(fd, size)
-        else:
-            os.posix_fallocate(fd, 0, size)
-        for offset, data in chunks:
-            _pwrite_all(fd, offset, data)
-        return _map(fd, size, writable=True)
+        segment = _fill_and_map(fd, size, chunks, filled)
     except BaseException as exc:
+        os.close(fd)  # first: an open descriptor keeps an unlinked file's pages
         _posixshmem.shm_unlink("/" + name)
         if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
             raise _out_of_memory(name, size) from None
         raise
-    finally:
-        os.close(fd)
+    os.close(fd)
+    return segment
+
+
+def _fill_and_map(
+    fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool
+) -> Bytes:
+    if not hasattr(os, "posix_fallocate"):  # macOS: no fallocate, and no write() on shm
+        os.ftruncate(fd, size)
+        segment = _map(fd, size, writable=True)
+        for offset, data in chunks:
+            segment[offset : offset + data.size] = data
+        return segment
+    if filled:
+        os.ftruncate(fd, size)
+    else:
+        os.posix_fallocate(fd, 0, size)
+    for offset, data in chunks:
+        _pwrite_all(fd, offset, data)
+    return _map(fd, size, writable=True)
 
 
 def open_existing(name: str, *, writable: bool = True) -> Bytes:

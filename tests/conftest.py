@@ -1,0 +1,99 @@
+"""Fixtures: every test must leave /dev/shm and the process's file descriptors as it found them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from multiprocessing import forkserver, resource_tracker
+
+import pytest
+
+SHM = "/dev/shm"
+# Segments the library generates (sma_<pid>_...) and raw ones tests make (test_<pid>_...).
+_TEST_MADE = re.compile(r"(?:sma|test)_(\d+)_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ours(name: str) -> bool:
+    """Whether a segment was made by this test run: by this process, or by a child of it.
+
+    Other programs on the machine may use /dev/shm at the same time.  A segment counts
+    as ours if its creator is this process, or a process that no longer exists (every
+    child a test starts has been reaped by the time the test ends).
+    """
+    match = _TEST_MADE.match(name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    return pid == os.getpid() or not _alive(pid)
+
+
+def _segments() -> set[str]:
+    return set(os.listdir(SHM)) if os.path.isdir(SHM) else set()
+
+
+def _fds() -> dict[int, str]:
+    fds = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            pass  # the fd listdir itself used
+    return fds
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_helpers() -> None:
+    """Start the processes that keep an fd open for life before any test counts fds."""
+    if sys.platform.startswith("linux"):
+        resource_tracker.ensure_running()
+        forkserver.ensure_running()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    segments_before = _segments()
+    fds_before = _fds()
+    yield
+    # A killed process's segments are removed by another process, asynchronously.
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = sorted(name for name in _segments() - segments_before if _ours(name))
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    fds_after = _fds()
+    new_fds = {fd: target for fd, target in fds_after.items() if fd not in fds_before}
+    for name in leaked:
+        os.unlink(os.path.join(SHM, name))
+    assert not leaked, f"test left shared memory segments behind: {leaked}"
+    assert not new_fds, f"test left file descriptors open: {new_fds}"
+
+
+START_METHODS = [
+    method
+    for method in ("fork", "spawn", "forkserver")
+    if method in multiprocessing.get_all_start_methods()
+]
+
+
+@pytest.fixture(params=START_METHODS)
+def context(request: pytest.FixtureRequest) -> multiprocessing.context.BaseContext:
+    """A multiprocessing context for each start method this platform has."""
+    return multiprocessing.get_context(request.param)

@@ -1,0 +1,84 @@
+"""Functions the tests run in other processes (importable by name, for spawn and forkserver)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from multiprocessing import resource_tracker
+from typing import Any
+
+import numpy as np
+
+from shared_memory_array import SharedMemoryArray
+
+
+def raw_name() -> str:
+    """A name for a segment a test makes without this library (the leak check knows it)."""
+    return f"test_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def total(handle: SharedMemoryArray[Any]) -> float:
+    return float(handle.as_array().sum())
+
+
+def row_sum(args: tuple[SharedMemoryArray[Any], int]) -> float:
+    handle, row = args
+    return float(handle.as_array()[row].sum())
+
+
+def write(handle: SharedMemoryArray[Any], index: int, value: float) -> None:
+    handle.as_array().flat[index] = value
+    handle.close()
+
+
+def tracker_messages(handle: SharedMemoryArray[Any]) -> list[tuple[str, str]]:
+    """Use ``handle`` (unpickled here) and attach again; return what reached the resource tracker."""
+    sent: list[tuple[str, str]] = []
+    tracker = resource_tracker._resource_tracker  # type: ignore[attr-defined]
+    original = tracker._send
+
+    def spy(cmd: str, name: str, rtype: str) -> None:
+        sent.append((cmd, name))
+        original(cmd, name, rtype)
+
+    tracker._send = spy
+    try:
+        handle.as_array()[0] += 1
+        again = SharedMemoryArray.attach(handle.name)
+        again.as_array()[0] += 1
+        again.close()
+        handle.close()
+    finally:
+        del tracker._send
+    return sent
+
+
+def owner_facts(handle: SharedMemoryArray[Any]) -> tuple[bool, bool]:
+    """In a child: (is the unpickled handle an owner, does unlink refuse)."""
+    try:
+        handle.unlink()
+    except PermissionError:
+        refused = True
+    else:
+        refused = False
+    owner = handle.owner
+    handle.close()
+    return owner, refused
+
+
+def sum_in_place(array: np.ndarray[Any, Any]) -> float:
+    return float(array.sum())
+
+
+def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a separately started interpreter, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

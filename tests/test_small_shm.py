@@ -1,0 +1,113 @@
+"""A full /dev/shm gives a clear exception at allocation, never SIGBUS later.
+
+Each test runs in a private mount namespace with a 16 MiB tmpfs on /dev/shm; it
+skips where namespaces or mounts are not allowed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SIZE = 16 * 1024 * 1024
+
+
+def run_in_small_shm(code: str) -> subprocess.CompletedProcess[str]:
+    script = textwrap.dedent(code)
+    command = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$0" -c "$1"',
+        sys.executable,
+        script,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _namespaces_allowed() -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    probe = run_in_small_shm("print('ok')")
+    if probe.stdout.strip() != "ok":
+        pytest.skip(f"cannot mount a private /dev/shm here: {probe.stderr.strip()}")
+
+
+@pytest.mark.parametrize("how", ["allocate", "copy"])
+def test_too_large_an_array_raises_naming_dev_shm_and_the_sizes(how):
+    result = run_in_small_shm(
+        f"""
+        import os
+        import numpy as np
+        from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
+        try:
+            if {how!r} == "allocate":
+                SharedMemoryArray.allocate(None, (4, 1024, 1024), "f8")
+            else:
+                SharedMemoryArray.copy(None, np.ones((4, 1024, 1024)))
+        except MemoryError as error:
+            assert isinstance(error, OutOfSharedMemoryError) and isinstance(error, OSError)
+            print(error)
+            print(error.requested, error.available)
+        print(sorted(os.listdir("/dev/shm")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    message, figures, left = result.stdout.splitlines()
+    requested, available = map(int, figures.split())
+    assert "/dev/shm" in message and str(requested) in message and str(available) in message
+    assert requested > 32 * 1024 * 1024 and 0 < available <= SIZE
+    assert left == "[]"  # no partial segment
+
+
+def test_filling_dev_shm_raises_at_allocation_and_written_arrays_never_sigbus():
+    result = run_in_small_shm(
+        """
+        import numpy as np
+        from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
+        first = SharedMemoryArray.allocate(None, 10 * 1024 * 1024, "u1")
+        try:
+            SharedMemoryArray.allocate(None, 10 * 1024 * 1024, "u1")
+        except OutOfSharedMemoryError:
+            print("refused")
+        first.as_array()[:] = 7  # every page was reserved up front
+        print(int(first.as_array().sum()) == 7 * 10 * 1024 * 1024)
+        first.close()
+        """
+    )
+    assert result.returncode == 0, result.stderr  # SIGBUS would be -7
+    assert result.stdout.split() == ["refused", "True"]
+    assert result.stderr == ""
+
+
+def test_attaching_a_sparse_foreign_segment_reserves_it():
+    result = run_in_small_shm(
+        """
+        from multiprocessing import shared_memory
+        from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
+        # SharedMemory only ftruncates: these segments promise more than /dev/shm holds.
+        a = shared_memory.SharedMemory("test_1_a", create=True, size=10 * 1024 * 1024)
+        b = shared_memory.SharedMemory("test_1_b", create=True, size=10 * 1024 * 1024)
+        first = SharedMemoryArray.attach("test_1_a", (10 * 1024 * 1024,), "u1")
+        try:
+            SharedMemoryArray.attach("test_1_b", (10 * 1024 * 1024,), "u1")
+        except OutOfSharedMemoryError as error:
+            print("refused", error.segment)
+        first.as_array()[:] = 1
+        print(int(first.as_array().sum()))
+        first.close()
+        for segment in (a, b):
+            segment.close()
+            segment.unlink()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["refused", "test_1_b", str(10 * 1024 * 1024)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -48,10 +49,8 @@ def _segments() -> set[str]:
 def _fds() -> dict[int, str]:
     fds = {}
     for entry in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):  # the fd listdir itself used is gone
             fds[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
-        except OSError:
-            pass  # the fd listdir itself used
     return fds
 
 

@@ -35,7 +35,7 @@ def write(handle: SharedMemoryArray[Any], index: int, value: float) -> None:
 
 
 def tracker_messages(handle: SharedMemoryArray[Any]) -> list[tuple[str, str]]:
-    """Use ``handle`` (unpickled here) and attach again; return what reached the resource tracker."""
+    """Use ``handle`` (unpickled here), attach again; return what reached the resource tracker."""
     sent: list[tuple[str, str]] = []
     tracker = resource_tracker._resource_tracker  # type: ignore[attr-defined]
     original = tracker._send

@@ -113,9 +113,10 @@ def test_repr_shows_identity_never_data():
 
 
 def test_pickle_is_small_whatever_the_size():
-    with SharedMemoryArray.allocate(None, 10) as small, SharedMemoryArray.allocate(
-        None, 10_000_000
-    ) as large:
+    with (
+        SharedMemoryArray.allocate(None, 10) as small,
+        SharedMemoryArray.allocate(None, 10_000_000) as large,
+    ):
         small_size, large_size = len(pickle.dumps(small)), len(pickle.dumps(large))
         assert small_size < 200 and large_size < 200
         assert large_size - small_size <= 8  # the one wider integer in the shape
@@ -183,9 +184,11 @@ def test_subarray_dtypes_fold_into_the_shape():
 
 def test_unsafe_twins_give_the_same_arrays():
     data = np.arange(12.0).reshape(3, 4)
-    with SharedMemoryArray.copy_unsafe(None, data) as copied, SharedMemoryArray.allocate_unsafe(
-        None, (3, 4), "f8"
-    ) as allocated, SharedMemoryArray.allocate_like_unsafe(None, data) as like:
+    with (
+        SharedMemoryArray.copy_unsafe(None, data) as copied,
+        SharedMemoryArray.allocate_unsafe(None, (3, 4), "f8") as allocated,
+        SharedMemoryArray.allocate_like_unsafe(None, data) as like,
+    ):
         np.testing.assert_array_equal(copied.as_array(), data)
         assert allocated.shape == like.shape == (3, 4)
         client = SharedMemoryArray.attach_unsafe(copied.name)

@@ -18,8 +18,8 @@ from shared_memory_array import (
     SegmentNotFoundError,
     SharedMemoryArray,
     UnsupportedDtypeError,
+    _array,
 )
-from shared_memory_array import _array
 
 
 def test_segments_are_private_to_their_user():
@@ -29,9 +29,10 @@ def test_segments_are_private_to_their_user():
 
 
 def test_generated_names_are_random_carry_the_pid_and_fit_macos():
-    with SharedMemoryArray.allocate(None, 1) as first, SharedMemoryArray.allocate(
-        None, 1
-    ) as second:
+    with (
+        SharedMemoryArray.allocate(None, 1) as first,
+        SharedMemoryArray.allocate(None, 1) as second,
+    ):
         for name in (first.name, second.name):
             match = re.fullmatch(r"sma_(\d+)_([0-9a-f]{16})", name)
             assert match and int(match.group(1)) == os.getpid()
@@ -111,9 +112,9 @@ def test_raw_segment_attach_checks_size_and_dtype():
 
 def test_corrupt_header_is_a_clear_error():
     with SharedMemoryArray.allocate(None, 4) as shared:
-        shared._segment[32:40] = np.frombuffer(b"garbage!", np.uint8)
+        shared._mapped[32:40] = np.frombuffer(b"garbage!", np.uint8)
         with pytest.raises(LayoutError, match="corrupt header"):
             SharedMemoryArray.attach(shared.name)
-        shared._segment[8] = 99  # a format version from the future
+        shared._mapped[8] = 99  # a format version from the future
         with pytest.raises(LayoutError, match="newer"):
             SharedMemoryArray.attach(shared.name)

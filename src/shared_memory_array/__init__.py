@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ._array import SharedMemoryArray, _rebuild
+from ._array import SharedMemoryArray, _rebuild  # noqa: F401  (pickles name it here)
 from ._errors import (
     ClosedHandleError,
     InvalidNameError,

@@ -14,10 +14,11 @@ import numpy.typing as npt
 from . import _compat, _layout, _names, _segment
 from ._errors import ClosedHandleError, LayoutError, NotOwnerError
 from ._layout import Layout, ShapeLike
+from ._segment import Bytes
 
 __all__ = ["SharedMemoryArray"]
 
-_ScalarT = TypeVar("_ScalarT", bound=np.generic, covariant=True)
+_ScalarT_co = TypeVar("_ScalarT_co", bound=np.generic, covariant=True)
 _Handle = TypeVar("_Handle", bound="SharedMemoryArray[Any]")
 Order = Literal["C", "F"]
 
@@ -32,7 +33,7 @@ def _fortran(order: str | None) -> bool:
     return order == "F"
 
 
-def _blocks(array: np.ndarray[Any, Any], fortran: bool) -> Iterator[tuple[int, _segment.Bytes]]:
+def _blocks(array: np.ndarray[Any, Any], fortran: bool) -> Iterator[tuple[int, Bytes]]:
     """Yield ``(offset, bytes)`` pieces of ``array`` laid out in C or Fortran order."""
     if fortran:  # the Fortran-order bytes of a are the C-order bytes of a.T
         array = array.T
@@ -56,7 +57,7 @@ def _release(name: str, creator_pid: int) -> None:
         _compat.unregister_creator(name)
 
 
-class SharedMemoryArray(Generic[_ScalarT]):
+class SharedMemoryArray(Generic[_ScalarT_co]):
     """A handle to a NumPy array that lives in a named shared memory segment.
 
     Make one with `allocate`, `allocate_like`, `copy` or `attach`; never call the
@@ -86,7 +87,7 @@ class SharedMemoryArray(Generic[_ScalarT]):
     """
 
     # Class-level defaults, so close() works on a handle whose construction failed.
-    _segment: _segment.Bytes | None = None
+    _mapped: Bytes | None = None  # the whole segment; holds the mapping
     _closed = False
     _owner_pid = 0
     _finalizer: util.Finalize | None = None
@@ -104,13 +105,13 @@ class SharedMemoryArray(Generic[_ScalarT]):
 
     @classmethod
     def _make(
-        cls: type[_Handle], name: str, layout: Layout, raw: bool, segment: _segment.Bytes | None
+        cls: type[_Handle], name: str, layout: Layout, raw: bool, segment: Bytes | None
     ) -> _Handle:
         self = cls.__new__(cls)
         self._name = name
         self._layout = layout
         self._raw = raw
-        self._segment = segment
+        self._mapped = segment
         return self
 
     # ------------------------------------------------------------------ creation
@@ -310,7 +311,7 @@ class SharedMemoryArray(Generic[_ScalarT]):
 
     # ------------------------------------------------------------------ access
 
-    def as_array(self) -> npt.NDArray[_ScalarT]:
+    def as_array(self) -> npt.NDArray[_ScalarT_co]:
         """Return a NumPy array over the shared memory (no copy).
 
         Writes through it are seen by every process.  The array keeps the memory
@@ -321,27 +322,25 @@ class SharedMemoryArray(Generic[_ScalarT]):
         ClosedHandleError
             The handle was closed.
         """
-        segment = self._segment
+        segment = self._mapped
         if segment is None:
             segment = self._attach_lazily()
         shape, dtype, fortran, offset = self._layout
         flat = segment[offset : offset + self._layout.nbytes].view(dtype)
-        return flat.reshape(shape, order="F" if fortran else "C")  # type: ignore[no-any-return]
+        return flat.reshape(shape, order="F" if fortran else "C")
 
-    def _attach_lazily(self) -> _segment.Bytes:
+    def _attach_lazily(self) -> Bytes:
         # Unpickling never maps anything (a failure there would surface inside the
         # executor's plumbing); the first use does, and checks what the pickle said.
         if self._closed:
-            raise ClosedHandleError(
-                f"shared array {self._name!r} is closed", segment=self._name
-            )
+            raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         name = _names.validate(self._name)
         segment = _segment.open_existing(name)
         shape, dtype, fortran, _ = self._layout
         self._layout, self._raw = _resolve(
             name, segment, shape, dtype, "F" if fortran else "C", validate=True
         )
-        self._segment = segment
+        self._mapped = segment
         return segment
 
     def __array__(
@@ -370,7 +369,7 @@ class SharedMemoryArray(Generic[_ScalarT]):
         return self._layout.shape
 
     @property
-    def dtype(self) -> np.dtype[_ScalarT]:
+    def dtype(self) -> np.dtype[_ScalarT_co]:
         """Data type of the array."""
         return self._layout.dtype
 
@@ -410,7 +409,7 @@ class SharedMemoryArray(Generic[_ScalarT]):
         if self._closed:
             return
         self._closed = True
-        self._segment = None
+        self._mapped = None
         if self.owner:
             self._unlink()
 
@@ -470,7 +469,7 @@ class SharedMemoryArray(Generic[_ScalarT]):
 
 def _pieces(
     header: bytes, offset: int, source: np.ndarray[Any, Any] | None, fortran: bool
-) -> Iterator[tuple[int, _segment.Bytes]]:
+) -> Iterator[tuple[int, Bytes]]:
     """Yield what a new segment holds: the header, then the source's bytes if any."""
     yield 0, np.frombuffer(header, np.uint8)
     if source is not None:
@@ -488,7 +487,7 @@ def _is_fortran(array: np.ndarray[Any, Any]) -> bool:
 
 def _resolve(
     name: str,
-    segment: _segment.Bytes,
+    segment: Bytes,
     shape: ShapeLike | None,
     dtype: npt.DTypeLike | None,
     order: str | None,

@@ -69,7 +69,7 @@ def _count(shape: tuple[int, ...]) -> int:
 
 def normalize_dtype(dtype: Any, segment: str | None = None) -> np.dtype[Any]:
     """Return ``np.dtype(dtype)`` if it can live in shared memory."""
-    result = np.dtype(dtype)
+    result: np.dtype[Any] = np.dtype(dtype)
     if result.hasobject:
         raise UnsupportedDtypeError(
             f"dtype {result} holds Python objects, whose pointers mean nothing in another "
@@ -108,17 +108,12 @@ def normalize(
         dims += dt.shape
         dt = normalize_dtype(dt.base, segment)
     if any(dim < 0 for dim in dims):
-        raise LayoutError(
-            f"expected non-negative dimensions (got shape {dims})", segment=segment
-        )
+        raise LayoutError(f"expected non-negative dimensions (got shape {dims})", segment=segment)
     if len(dims) > 64:
-        raise LayoutError(
-            f"expected at most 64 dimensions (got {len(dims)})", segment=segment
-        )
+        raise LayoutError(f"expected at most 64 dimensions (got {len(dims)})", segment=segment)
     if _count(dims) * dt.itemsize > sys.maxsize:
         raise LayoutError(
-            f"array of shape {dims} and dtype {dt} is larger than this platform can "
-            "address",
+            f"array of shape {dims} and dtype {dt} is larger than this platform can address",
             segment=segment,
         )
     return dims, dt
@@ -126,9 +121,7 @@ def normalize(
 
 def encode(shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool) -> tuple[bytes, int]:
     """Return ``(header bytes, data offset)`` describing an array."""
-    description = repr(
-        {"descr": npformat.dtype_to_descr(dtype), "shape": shape}
-    ).encode("utf-8")
+    description = repr({"descr": npformat.dtype_to_descr(dtype), "shape": shape}).encode("utf-8")
     offset = -(-(_FIXED.size + len(description)) // DATA_ALIGNMENT) * DATA_ALIGNMENT
     nbytes = _count(shape) * dtype.itemsize
     fixed = _FIXED.pack(

@@ -26,12 +26,12 @@ class _Tracker(managers._SharedMemoryTracker):  # type: ignore[misc,name-defined
             self.destroy_segment(segment_name)
 
 
-class _Server(managers.SharedMemoryServer):  # type: ignore[misc]
+class _Server(managers.SharedMemoryServer):
+    shared_memory_context: Any
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.shared_memory_context = _Tracker(
-            self.shared_memory_context.shared_memory_context_name
-        )
+        self.shared_memory_context = _Tracker(self.shared_memory_context.shared_memory_context_name)
 
     def serve_forever(self) -> None:
         threading.Thread(

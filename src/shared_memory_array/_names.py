@@ -38,9 +38,7 @@ def validate(name: object) -> str:
     segment never has two spellings.
     """
     if not isinstance(name, str):
-        raise InvalidNameError(
-            f"expected a segment name of type str (got {type(name).__name__})"
-        )
+        raise InvalidNameError(f"expected a segment name of type str (got {type(name).__name__})")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidNameError(
             f"segment name {name!r} is too long: expected at most {MAX_NAME_LENGTH} "

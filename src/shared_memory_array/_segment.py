@@ -13,6 +13,7 @@ unmapped exactly when the last array using it is gone, never earlier.
 
 from __future__ import annotations
 
+import _posixshmem
 import ctypes
 import errno
 import mmap
@@ -21,7 +22,6 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-import _posixshmem
 import numpy as np
 
 from . import _layout
@@ -101,7 +101,7 @@ def _out_of_memory(name: str, size: int) -> OutOfSharedMemoryError:
 
 
 def _pwrite_all(fd: int, offset: int, data: Bytes) -> None:
-    view = memoryview(data)
+    view = memoryview(data)  # type: ignore[arg-type]  # ndarray exports a buffer
     while view.nbytes:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
@@ -143,9 +143,7 @@ def create(
     return segment
 
 
-def _fill_and_map(
-    fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool
-) -> Bytes:
+def _fill_and_map(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool) -> Bytes:
     if not hasattr(os, "posix_fallocate"):  # macOS: no fallocate, and no write() on shm
         os.ftruncate(fd, size)
         segment = _map(fd, size, writable=True)
@@ -179,9 +177,7 @@ def open_existing(name: str, *, writable: bool = True) -> Bytes:
     try:
         size = os.fstat(fd).st_size
         segment = _map(fd, size, writable)
-        if writable and size and not _layout.has_header(segment) and hasattr(
-            os, "posix_fallocate"
-        ):
+        if writable and size and not _layout.has_header(segment) and hasattr(os, "posix_fallocate"):
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:

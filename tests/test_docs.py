@@ -1,4 +1,4 @@
-"""Every Python code block of the README and every example runs, quietly."""
+"""Every Python code block of the README and docs/, and every example, runs quietly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README_BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [
+    pytest.param(block, id=f"{page.name}:{number}")
+    for page in PAGES
+    for number, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))
+]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 
@@ -20,8 +25,8 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("block", README_BLOCKS, ids=lambda block: block.splitlines()[0][:40])
-def test_readme_code_block_runs(block, tmp_path):
+@pytest.mark.parametrize("block", BLOCKS)
+def test_code_block_runs(block, tmp_path):
     script = tmp_path / "block.py"
     script.write_text(block)
     result = run([str(script)], tmp_path)

@@ -34,6 +34,7 @@ def test_all_is_pinned():
         "SharedMemoryManager",
         "UnsupportedDtypeError",
         "__version__",
+        "release_cached_mappings",
     ]
     for name in shared_memory_array.__all__:
         obj = getattr(shared_memory_array, name)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from ._array import SharedMemoryArray, _rebuild  # noqa: F401  (pickles name it here)
+from ._cache import release_cached_mappings
 from ._errors import (
     ClosedHandleError,
     InvalidNameError,
@@ -40,6 +41,7 @@ for _error in (
 ):
     _error.__module__ = __name__
 del _error
+release_cached_mappings.__module__ = __name__
 
 __all__ = [
     "ClosedHandleError",
@@ -55,4 +57,5 @@ __all__ = [
     "SharedMemoryManager",
     "UnsupportedDtypeError",
     "__version__",
+    "release_cached_mappings",
 ]

@@ -11,7 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _compat, _layout, _names, _segment
+from . import _cache, _compat, _layout, _names, _segment
 from ._errors import ClosedHandleError, LayoutError, NotOwnerError
 from ._layout import Layout, ShapeLike
 from ._segment import Bytes
@@ -236,7 +236,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         name = name or _names.generate()
         header, offset = _layout.encode(shape, dtype, fortran)
         layout = Layout(shape, dtype, fortran, offset)
-        segment = _segment.create(
+        segment = _cache.create(
             name,
             offset + layout.nbytes,
             _pieces(header, offset, source, fortran),
@@ -254,6 +254,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 self._manager = link
         except BaseException:
             _segment.unlink(name)
+            _cache.forget(name)
             raise
         self._owner_pid = os.getpid()
         return self
@@ -288,7 +289,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             segment is too small for them.  Nothing is unlinked.
         """
         name = _names.validate(name)
-        segment = _segment.open_existing(name)
+        segment = _cache.attach(name)
         layout, raw = _resolve(name, segment, shape, dtype, order, validate=True)
         return cls._make(name, layout, raw, segment)
 
@@ -305,7 +306,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
         The view is still bounded by the segment: a shape too large raises from NumPy.
         """
-        segment = _segment.open_existing(name)
+        segment = _cache.attach(name)
         layout, raw = _resolve(name, segment, shape, dtype, order, validate=False)
         return cls._make(name, layout, raw, segment)
 
@@ -335,7 +336,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._closed:
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         name = _names.validate(self._name)
-        segment = _segment.open_existing(name)
+        segment = _cache.attach(name)
         shape, dtype, fortran, _ = self._layout
         self._layout, self._raw = _resolve(
             name, segment, shape, dtype, "F" if fortran else "C", validate=True
@@ -434,6 +435,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     def _unlink(self) -> None:
         self._owner_pid = 0
+        _cache.forget(self._name)
         if self._manager is not None:
             _compat.manager_release(self._manager, self._name)
         elif self._finalizer is not None:

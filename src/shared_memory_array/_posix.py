@@ -28,6 +28,7 @@ from . import _layout
 from ._errors import OutOfSharedMemoryError, SegmentExistsError, SegmentNotFoundError
 
 SHM_DIR = "/dev/shm"
+_ON_LINUX = sys.platform.startswith("linux")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
@@ -47,6 +48,8 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 Bytes = np.ndarray[Any, np.dtype[np.uint8]]
+Identity = tuple[int, int, int]
+"""What tells one segment from another of the same name: (device, inode, size)."""
 
 
 class _Mapping:
@@ -108,9 +111,27 @@ def _pwrite_all(fd: int, offset: int, data: Bytes) -> None:
         offset += written
 
 
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size)
+
+
+def identity(name: str) -> Identity | None:
+    """Return the identity of segment ``name`` now, or ``None`` if there is none."""
+    try:
+        if _ON_LINUX:  # one stat() instead of shm_open + fstat + close
+            return _identity(os.stat(os.path.join(SHM_DIR, name)))
+        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        return _identity(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
 def create(
     name: str, size: int, chunks: Iterable[tuple[int, Bytes]] = (), *, filled: bool = False
-) -> Bytes:
+) -> tuple[Bytes, Identity]:
     """Create segment ``name`` of ``size`` bytes, write ``chunks`` into it and map it.
 
     Parameters
@@ -133,6 +154,7 @@ def create(
         ) from None
     try:
         segment = _fill_and_map(fd, size, chunks, filled)
+        st = os.fstat(fd)
     except BaseException as exc:
         os.close(fd)  # first: an open descriptor keeps an unlinked file's pages
         _posixshmem.shm_unlink("/" + name)
@@ -140,7 +162,7 @@ def create(
             raise _out_of_memory(name, size) from None
         raise
     os.close(fd)
-    return segment
+    return segment, _identity(st)
 
 
 def _fill_and_map(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool) -> Bytes:
@@ -159,8 +181,8 @@ def _fill_and_map(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], fille
     return _map(fd, size, writable=True)
 
 
-def open_existing(name: str, *, writable: bool = True) -> Bytes:
-    """Map the whole of existing segment ``name``.
+def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity]:
+    """Map the whole of existing segment ``name``; return the mapping and its identity.
 
     A segment not made by this library may be sparse (``SharedMemory`` only calls
     ``ftruncate``); its pages are reserved here, so writing through the mapping
@@ -175,7 +197,8 @@ def open_existing(name: str, *, writable: bool = True) -> Bytes:
             segment=name,
         ) from None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         segment = _map(fd, size, writable)
         if writable and size and not _layout.has_header(segment) and hasattr(os, "posix_fallocate"):
             try:
@@ -184,7 +207,7 @@ def open_existing(name: str, *, writable: bool = True) -> Bytes:
                 if exc.errno in _NO_SPACE:
                     raise _out_of_memory(name, size) from None
                 raise
-        return segment
+        return segment, _identity(st)
     finally:
         os.close(fd)
 
@@ -199,12 +222,5 @@ def unlink(name: str) -> bool:
 
 
 def exists(name: str) -> bool:
-    """Return whether segment ``name`` exists (Linux: a file in /dev/shm)."""
-    if sys.platform.startswith("linux"):
-        return os.path.exists(os.path.join(SHM_DIR, name))
-    try:
-        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
-    except FileNotFoundError:
-        return False
-    os.close(fd)
-    return True
+    """Return whether segment ``name`` exists."""
+    return identity(name) is not None

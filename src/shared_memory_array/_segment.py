@@ -1,8 +1,8 @@
 """Named shared memory segments, through this platform's backend (picked once, at import).
 
-Both backends offer the same functions: ``create``, ``open_existing``, ``unlink``,
-``exists`` and ``free_bytes``; a mapped segment is a 1-D ``uint8`` array whose
-lifetime keeps the mapping alive.
+Both backends offer the same functions: ``create``, ``open_existing``, ``identity``,
+``unlink``, ``exists`` and ``free_bytes``; a mapped segment is a 1-D ``uint8`` array
+whose lifetime keeps the mapping alive.
 """
 
 from __future__ import annotations
@@ -10,8 +10,38 @@ from __future__ import annotations
 import sys
 
 if sys.platform == "win32":  # pragma: no cover - untested, see docs/explanation.md
-    from ._windows import SHM_DIR, Bytes, create, exists, free_bytes, open_existing, unlink
+    from ._windows import (
+        SHM_DIR,
+        Bytes,
+        Identity,
+        create,
+        exists,
+        free_bytes,
+        identity,
+        open_existing,
+        unlink,
+    )
 else:
-    from ._posix import SHM_DIR, Bytes, create, exists, free_bytes, open_existing, unlink
+    from ._posix import (
+        SHM_DIR,
+        Bytes,
+        Identity,
+        create,
+        exists,
+        free_bytes,
+        identity,
+        open_existing,
+        unlink,
+    )
 
-__all__ = ["SHM_DIR", "Bytes", "create", "exists", "free_bytes", "open_existing", "unlink"]
+__all__ = [
+    "SHM_DIR",
+    "Bytes",
+    "Identity",
+    "create",
+    "exists",
+    "free_bytes",
+    "identity",
+    "open_existing",
+    "unlink",
+]

@@ -19,6 +19,13 @@ from ._errors import SegmentExistsError, SegmentNotFoundError
 SHM_DIR = "(Windows named mappings)"
 
 Bytes = np.ndarray[Any, np.dtype[np.uint8]]
+Identity = tuple[int, int, int]
+
+
+def identity(name: str) -> Identity | None:
+    """Always ``None``: a cached mapping would keep a Windows segment alive forever."""
+    del name
+    return None
 
 
 def _take_mapping(shm: shared_memory.SharedMemory) -> Bytes:
@@ -38,7 +45,7 @@ def free_bytes() -> int | None:
 
 def create(
     name: str, size: int, chunks: Iterable[tuple[int, Bytes]] = (), *, filled: bool = False
-) -> Bytes:
+) -> tuple[Bytes, Identity | None]:
     del filled  # pages are committed at creation either way
     try:
         shm = shared_memory.SharedMemory(name, create=True, size=size)
@@ -49,10 +56,10 @@ def create(
     segment = _take_mapping(shm)
     for offset, data in chunks:
         segment[offset : offset + data.size] = data
-    return segment
+    return segment, None
 
 
-def open_existing(name: str, *, writable: bool = True) -> Bytes:
+def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity | None]:
     del writable
     try:
         shm = shared_memory.SharedMemory(name)
@@ -61,7 +68,7 @@ def open_existing(name: str, *, writable: bool = True) -> Bytes:
             f"no shared memory segment named {name!r} (never created, or already released)",
             segment=name,
         ) from None
-    return _take_mapping(shm)
+    return _take_mapping(shm), None
 
 
 def unlink(name: str) -> bool:

@@ -1,0 +1,84 @@
+"""The per-process attach cache: one mapping per segment, never stale, released on demand."""
+
+from __future__ import annotations
+
+import pickle
+from multiprocessing import shared_memory
+
+import numpy as np
+
+import helpers
+from shared_memory_array import SharedMemoryArray, _cache, release_cached_mappings
+
+
+def mappings_of(name: str) -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(name in line for line in maps)
+
+
+def address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def test_attach_and_unpickle_reuse_this_process_mapping():
+    with SharedMemoryArray.allocate(None, 100) as owner:
+        assert mappings_of(owner.name) == 1
+        attached = SharedMemoryArray.attach(owner.name)
+        unpickled = pickle.loads(pickle.dumps(owner))
+        for handle in (attached, unpickled):
+            assert address(handle.as_array()) == address(owner.as_array())
+        assert mappings_of(owner.name) == 1
+        attached.close()
+        unpickled.close()
+
+
+def test_a_name_made_again_is_a_new_segment_never_a_stale_mapping():
+    first = SharedMemoryArray.copy(None, np.ones(10))
+    name = first.name
+    client = SharedMemoryArray.attach(name)
+    assert client.as_array().sum() == 10
+    first.close()
+    with SharedMemoryArray.copy(None, np.full(10, 2.0), name=name) as second:
+        again = SharedMemoryArray.attach(name)
+        assert again.as_array().sum() == 20
+        assert pickle.loads(pickle.dumps(second)).as_array().sum() == 20
+        again.close()
+    assert client.as_array().sum() == 10  # the old handle keeps the old memory
+    client.close()
+
+
+def test_mapping_of_an_unlinked_segment_is_dropped_by_the_next_attach():
+    raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=4096)
+    try:
+        client = SharedMemoryArray.attach(raw.name, (512,), "f8")
+        client.close()
+        assert mappings_of(raw.name) == 2  # the stdlib's own mapping and our cached one
+    finally:
+        raw.unlink()
+    with SharedMemoryArray.allocate(None, 1) as other:
+        SharedMemoryArray.attach(other.name).close()
+    assert mappings_of(raw.name) == 1
+    raw.close()
+
+
+def test_release_cached_mappings_drops_mappings_nothing_uses():
+    raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=4096)
+    try:
+        client = SharedMemoryArray.attach(raw.name, (512,), "f8")
+        view = client.as_array()
+        client.close()
+        assert release_cached_mappings() >= 1
+        assert mappings_of(raw.name) == 2  # the view still uses it
+        del view
+        assert mappings_of(raw.name) == 1
+    finally:
+        raw.close()
+        raw.unlink()
+
+
+def test_the_cache_is_bounded():
+    owners = [SharedMemoryArray.allocate(None, 1) for _ in range(_cache.MAX_ENTRIES + 5)]
+    assert len(_cache._entries) <= _cache.MAX_ENTRIES
+    for owner in owners:
+        owner.close()
+    assert not any(owner.name in _cache._entries for owner in owners)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from collections.abc import Iterator
 from multiprocessing import util
@@ -13,7 +14,7 @@ import numpy.typing as npt
 
 from . import _cache, _compat, _layout, _names, _segment
 from ._errors import ClosedHandleError, LayoutError, NotOwnerError
-from ._layout import Layout, ShapeLike
+from ._layout import Layout, Region, ShapeLike
 from ._segment import Bytes
 
 __all__ = ["SharedMemoryArray"]
@@ -92,6 +93,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _owner_pid = 0
     _finalizer: util.Finalize | None = None
     _manager: _compat.ManagerLink | None = None
+    _region: Region | None = None  # a part of the array, from basic indexing
 
     _name: str
     _layout: Layout
@@ -327,8 +329,47 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if segment is None:
             segment = self._attach_lazily()
         shape, dtype, fortran, offset = self._layout
-        flat = segment[offset : offset + self._layout.nbytes].view(dtype)
-        return flat.reshape(shape, order="F" if fortran else "C")
+        data = segment[offset : offset + self._layout.nbytes]
+        region = self._region
+        if region is None:
+            return data.view(dtype).reshape(shape, order="F" if fortran else "C")
+        try:  # NumPy checks that the strided region lies inside ``data``
+            return np.ndarray(
+                region.shape, dtype, buffer=data, offset=region.offset, strides=region.strides
+            )
+        except (ValueError, TypeError):
+            raise LayoutError(
+                f"region {region} does not fit in segment {self._name!r} "
+                f"({self._layout.nbytes} bytes of data)",
+                segment=self._name,
+            ) from None
+
+    def __getitem__(self, key: Any) -> SharedMemoryArray[_ScalarT_co]:
+        """Return a handle to a region of the array, e.g. ``shared[1000:2000]``.
+
+        Only basic indexing (integers, slices, ``...``, ``None``) makes a region:
+        the region handle views the same memory, pickles by reference like any
+        handle, and is never an owner.  For fancy indexing, index the array from
+        `as_array` instead.
+        """
+        parts = key if isinstance(key, tuple) else (key,)
+        for part in parts:
+            if isinstance(part, bool) or not (
+                part is None or part is Ellipsis or isinstance(part, slice) or _is_index(part)
+            ):
+                raise TypeError(
+                    "a region handle takes basic indexing only (integers, slices, ..., None), "
+                    f"got {type(part).__name__}; index the array from as_array() instead"
+                )
+        array = self.as_array()
+        # A trailing Ellipsis makes integer-only indexing return a 0-d view, not a scalar.
+        view = array[parts if Ellipsis in parts else (*parts, Ellipsis)]
+        assert self._mapped is not None
+        start = self._mapped.__array_interface__["data"][0] + self._layout.offset
+        region = Region(view.__array_interface__["data"][0] - start, view.shape, view.strides)
+        handle = type(self)._make(self._name, self._layout, self._raw, self._mapped)
+        handle._region = region
+        return handle
 
     def _attach_lazily(self) -> Bytes:
         # Unpickling never maps anything (a failure there would surface inside the
@@ -366,8 +407,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the array."""
-        return self._layout.shape
+        """Shape of the array (of the region, for a region handle)."""
+        return self._layout.shape if self._region is None else self._region.shape
 
     @property
     def dtype(self) -> np.dtype[_ScalarT_co]:
@@ -377,17 +418,17 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     @property
     def ndim(self) -> int:
         """Number of dimensions."""
-        return len(self._layout.shape)
+        return len(self.shape)
 
     @property
     def size(self) -> int:
         """Number of elements."""
-        return self._layout.size
+        return _layout.count(self.shape)
 
     @property
     def nbytes(self) -> int:
         """Size of the array in bytes."""
-        return self._layout.nbytes
+        return self.size * self._layout.dtype.itemsize
 
     @property
     def owner(self) -> bool:
@@ -459,10 +500,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         shape, dtype, fortran, _ = self._layout
-        return (_rebuild, (self._name, shape, dtype, fortran, self._raw))
+        region = None if self._region is None else tuple(self._region)
+        return (_rebuild, (self._name, shape, dtype, fortran, self._raw, region))
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
+        state = " region" if self._region is not None else ""
+        state += " closed" if self._closed else ""
         return (
             f"<{type(self).__name__} {self._name!r} shape={self.shape} "
             f"dtype={self.dtype} owner={self.owner}{state}>"
@@ -477,6 +520,14 @@ def _pieces(
     if source is not None:
         for at, block in _blocks(source, fortran):
             yield offset + at, block
+
+
+def _is_index(value: object) -> bool:
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
 
 
 def _checked_name(name: str | None) -> str | None:
@@ -541,10 +592,20 @@ def _describe(layout: Layout) -> str:
 
 
 def _rebuild(
-    name: str, shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool, raw: bool
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    fortran: bool,
+    raw: bool,
+    region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
-    return SharedMemoryArray._make(name, Layout(shape, dtype, fortran, 0), raw, None)
+    handle: SharedMemoryArray[Any] = SharedMemoryArray._make(
+        name, Layout(shape, dtype, fortran, 0), raw, None
+    )
+    if region is not None:
+        handle._region = Region(*region)
+    return handle
 
 
 SharedMemoryArray.__module__ = "shared_memory_array"

@@ -53,14 +53,23 @@ class Layout(NamedTuple):
 
     @property
     def size(self) -> int:
-        return _count(self.shape)
+        return count(self.shape)
 
     @property
     def nbytes(self) -> int:
-        return _count(self.shape) * self.dtype.itemsize
+        return count(self.shape) * self.dtype.itemsize
 
 
-def _count(shape: tuple[int, ...]) -> int:
+class Region(NamedTuple):
+    """A strided part of an array: offset in bytes from the array's first byte."""
+
+    offset: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+
+
+def count(shape: tuple[int, ...]) -> int:
+    """Number of elements of an array of this shape."""
     count = 1
     for dim in shape:
         count *= dim
@@ -111,7 +120,7 @@ def normalize(
         raise LayoutError(f"expected non-negative dimensions (got shape {dims})", segment=segment)
     if len(dims) > 64:
         raise LayoutError(f"expected at most 64 dimensions (got {len(dims)})", segment=segment)
-    if _count(dims) * dt.itemsize > sys.maxsize:
+    if count(dims) * dt.itemsize > sys.maxsize:
         raise LayoutError(
             f"array of shape {dims} and dtype {dt} is larger than this platform can address",
             segment=segment,
@@ -123,7 +132,7 @@ def encode(shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool) -> tuple
     """Return ``(header bytes, data offset)`` describing an array."""
     description = repr({"descr": npformat.dtype_to_descr(dtype), "shape": shape}).encode("utf-8")
     offset = -(-(_FIXED.size + len(description)) // DATA_ALIGNMENT) * DATA_ALIGNMENT
-    nbytes = _count(shape) * dtype.itemsize
+    nbytes = count(shape) * dtype.itemsize
     fixed = _FIXED.pack(
         MAGIC, FORMAT_VERSION, _FORTRAN if fortran else 0, len(description), offset, nbytes
     )
@@ -167,6 +176,6 @@ def decode(segment_bytes: np.ndarray[Any, np.dtype[np.uint8]], name: str) -> Lay
     if not all(isinstance(dim, int) for dim in shape):
         raise corrupt(f"shape {shape!r} is not a tuple of integers")
     shape, dtype = normalize(shape, dtype, name)
-    if _count(shape) * dtype.itemsize != nbytes:
+    if count(shape) * dtype.itemsize != nbytes:
         raise corrupt(f"shape {shape} and dtype {dtype} do not add up to {nbytes} bytes")
     return Layout(shape, dtype, bool(flags & _FORTRAN), offset)

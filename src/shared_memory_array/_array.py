@@ -15,7 +15,7 @@ import numpy.typing as npt
 from . import _cache, _compat, _layout, _names, _segment
 from ._errors import ClosedHandleError, LayoutError, NotOwnerError
 from ._layout import Layout, Region, ShapeLike
-from ._segment import Bytes
+from ._segment import Bytes, Identity
 
 __all__ = ["SharedMemoryArray"]
 
@@ -94,6 +94,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _finalizer: util.Finalize | None = None
     _manager: _compat.ManagerLink | None = None
     _region: Region | None = None  # a part of the array, from basic indexing
+    _identity: Identity | None = None  # which segment the name meant when mapped
+    _array: npt.NDArray[Any] | None = None  # built by the first as_array()
 
     _name: str
     _layout: Layout
@@ -238,13 +240,16 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         name = name or _names.generate()
         header, offset = _layout.encode(shape, dtype, fortran)
         layout = Layout(shape, dtype, fortran, offset)
-        segment = _cache.create(
+        mapped = _cache.create(
             name,
             offset + layout.nbytes,
             _pieces(header, offset, source, fortran),
+            layout,
             filled=source is not None,
         )
-        self = cls._make(name, layout, False, segment)
+        self = cls._make(name, layout, False, mapped.segment)
+        self._identity = mapped.identity
+        self._array = mapped.array
         try:
             if link is None:
                 _compat.register_creator(name)
@@ -291,9 +296,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             segment is too small for them.  Nothing is unlinked.
         """
         name = _names.validate(name)
-        segment = _cache.attach(name)
-        layout, raw = _resolve(name, segment, shape, dtype, order, validate=True)
-        return cls._make(name, layout, raw, segment)
+        mapped = _cache.attach(name)
+        layout, raw = _resolve(name, mapped, shape, dtype, order, validate=True)
+        return cls._from_mapped(name, layout, raw, mapped)
 
     @classmethod
     def attach_unsafe(
@@ -308,9 +313,19 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
         The view is still bounded by the segment: a shape too large raises from NumPy.
         """
-        segment = _cache.attach(name)
-        layout, raw = _resolve(name, segment, shape, dtype, order, validate=False)
-        return cls._make(name, layout, raw, segment)
+        mapped = _cache.attach(name)
+        layout, raw = _resolve(name, mapped, shape, dtype, order, validate=False)
+        return cls._from_mapped(name, layout, raw, mapped)
+
+    @classmethod
+    def _from_mapped(
+        cls, name: str, layout: Layout, raw: bool, mapped: _cache.Mapped
+    ) -> SharedMemoryArray[Any]:
+        self = cls._make(name, layout, raw, mapped.segment)
+        self._identity = mapped.identity
+        if layout == mapped.layout:
+            self._array = mapped.array
+        return self
 
     # ------------------------------------------------------------------ access
 
@@ -325,14 +340,20 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         ClosedHandleError
             The handle was closed.
         """
+        array = self._array
+        if array is None:
+            array = self._array = self._view()
+        return array.view()  # a new array object each call, over the same memory
+
+    def _view(self) -> npt.NDArray[_ScalarT_co]:
+        whole = self._attach_lazily() if self._mapped is None else None
         segment = self._mapped
-        if segment is None:
-            segment = self._attach_lazily()
-        shape, dtype, fortran, offset = self._layout
-        data = segment[offset : offset + self._layout.nbytes]
+        assert segment is not None
         region = self._region
         if region is None:
-            return data.view(dtype).reshape(shape, order="F" if fortran else "C")
+            return whole if whole is not None else self._layout.view(segment)
+        dtype, offset = self._layout.dtype, self._layout.offset
+        data = segment[offset : offset + self._layout.nbytes]
         try:  # NumPy checks that the strided region lies inside ``data``
             return np.ndarray(
                 region.shape, dtype, buffer=data, offset=region.offset, strides=region.strides
@@ -369,21 +390,30 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         region = Region(view.__array_interface__["data"][0] - start, view.shape, view.strides)
         handle = type(self)._make(self._name, self._layout, self._raw, self._mapped)
         handle._region = region
+        handle._identity = self._identity
         return handle
 
-    def _attach_lazily(self) -> Bytes:
+    def _attach_lazily(self) -> npt.NDArray[Any] | None:
+        """Map the segment a pickle named; return the whole array if already built."""
         # Unpickling never maps anything (a failure there would surface inside the
         # executor's plumbing); the first use does, and checks what the pickle said.
         if self._closed:
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         name = _names.validate(self._name)
-        segment = _cache.attach(name)
+        mapped = _cache.attach(name, self._identity)
+        self._identity = mapped.identity
+        found = mapped.layout
+        if found is not None and found[:3] == self._layout[:3]:
+            # the common case: the pickle matches the header
+            self._layout = found
+            self._mapped = mapped.segment
+            return mapped.array
         shape, dtype, fortran, _ = self._layout
         self._layout, self._raw = _resolve(
-            name, segment, shape, dtype, "F" if fortran else "C", validate=True
+            name, mapped, shape, dtype, "F" if fortran else "C", validate=True
         )
-        self._mapped = segment
-        return segment
+        self._mapped = mapped.segment
+        return None
 
     def __array__(
         self, dtype: npt.DTypeLike | None = None, copy: bool | None = None
@@ -451,7 +481,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._closed:
             return
         self._closed = True
-        self._mapped = None
+        self._mapped = self._array = None
         if self.owner:
             self._unlink()
 
@@ -501,7 +531,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def __reduce__(self) -> tuple[Any, ...]:
         shape, dtype, fortran, _ = self._layout
         region = None if self._region is None else tuple(self._region)
-        return (_rebuild, (self._name, shape, dtype, fortran, self._raw, region))
+        # A plain dtype travels as its string: pickling a dtype object costs ~4 us,
+        # paid by the parent for every task.
+        token = dtype.str if dtype.names is None and not dtype.metadata else dtype
+        return (_rebuild, (self._name, shape, token, fortran, self._raw, region, self._identity))
 
     def __repr__(self) -> str:
         state = " region" if self._region is not None else ""
@@ -540,7 +573,7 @@ def _is_fortran(array: np.ndarray[Any, Any]) -> bool:
 
 def _resolve(
     name: str,
-    segment: Bytes,
+    mapped: _cache.Mapped,
     shape: ShapeLike | None,
     dtype: npt.DTypeLike | None,
     order: str | None,
@@ -548,8 +581,8 @@ def _resolve(
     validate: bool,
 ) -> tuple[Layout, bool]:
     """Return the layout of a mapped segment and whether it is raw (has no header)."""
-    if _layout.has_header(segment):
-        found = _layout.decode(segment, name)
+    found = mapped.layout
+    if found is not None:
         if not validate:
             return found, False
         wanted = Layout(
@@ -577,9 +610,9 @@ def _resolve(
     else:
         dims, dt = ((shape,) if isinstance(shape, int) else tuple(shape)), np.dtype(dtype)
     layout = Layout(dims, dt, order == "F" if order is not None else False, 0)
-    if layout.nbytes > segment.size:
+    if layout.nbytes > mapped.segment.size:
         raise LayoutError(
-            f"segment {name!r} has {segment.size} bytes, too small for "
+            f"segment {name!r} has {mapped.segment.size} bytes, too small for "
             f"{_describe(layout)} ({layout.nbytes} bytes)",
             segment=name,
         )
@@ -594,17 +627,18 @@ def _describe(layout: Layout) -> str:
 def _rebuild(
     name: str,
     shape: tuple[int, ...],
-    dtype: np.dtype[Any],
+    dtype: np.dtype[Any] | str,
     fortran: bool,
     raw: bool,
     region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
+    identity: Identity | None = None,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
-    handle: SharedMemoryArray[Any] = SharedMemoryArray._make(
-        name, Layout(shape, dtype, fortran, 0), raw, None
-    )
+    layout = Layout(shape, np.dtype(dtype), fortran, 0)
+    handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, raw, None)
     if region is not None:
         handle._region = Region(*region)
+    handle._identity = identity
     return handle
 
 

@@ -1,16 +1,19 @@
 """This process's mappings, reused: attaching to a segment already mapped here costs a lookup.
 
 A pool worker unpickles a handle for every task; mapping the segment anew each time
-costs a system call round trip (shm_open, fstat, mmap, later munmap).  The cache
-keeps one mapping per segment instead, under three rules:
+costs system calls (shm_open, fstat, mmap, later munmap) and a header parse.  The
+cache keeps one mapping per segment instead, with its parsed layout, under three
+rules:
 
-- Never stale.  A name that was unlinked and made again is a new segment: every
-  attach compares each cached entry's identity (device, inode, size) with what the
-  name is now, and drops the entries that no longer match.
-- Never pins memory for long.  That same check drops mappings of unlinked segments
-  no later than the next attach in this process; an owner's unlink drops its entry
-  at once; `release_cached_mappings` drops them all.  Arrays still using a mapping
-  keep it alive, as always.
+- Never stale.  A name that was unlinked and made again is a new segment.  A
+  pickled handle carries its segment's identity (device, inode, size), so a cached
+  mapping is reused only for that very segment, with no system call.  An attach by
+  name compares with what the name is now (one ``stat``).
+- Never pins memory for long.  Every attach checks the other cached segments'
+  names and drops the mappings of those unlinked or replaced, so they go no later
+  than the next attach in this process; an owner's unlink drops its entry at once;
+  `release_cached_mappings` drops them all.  Arrays still using a mapping keep it
+  alive, as always.
 - Bounded: at most `MAX_ENTRIES` segments, least recently attached dropped first.
 """
 
@@ -20,14 +23,33 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any, NamedTuple
 
-from . import _segment
+import numpy as np
+
+from . import _layout, _segment
+from ._errors import SegmentNotFoundError
+from ._layout import Layout
 from ._segment import Bytes, Identity
 
 MAX_ENTRIES = 32
 
+
+class Mapped(NamedTuple):
+    """A mapped segment, what it is, and what its header says (None: a raw segment)."""
+
+    segment: Bytes
+    identity: Identity | None
+    layout: Layout | None
+    array: np.ndarray[Any, Any] | None  # the whole array, per ``layout``
+
+    @classmethod
+    def of(cls, segment: Bytes, identity: Identity | None, layout: Layout | None) -> Mapped:
+        return cls(segment, identity, layout, None if layout is None else layout.view(segment))
+
+
 _lock = threading.Lock()
-_entries: OrderedDict[str, tuple[Identity, Bytes]] = OrderedDict()
+_entries: OrderedDict[str, Mapped] = OrderedDict()
 
 
 def _reset_lock() -> None:
@@ -39,40 +61,55 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_lock)
 
 
-def _drop_stale() -> None:
-    for name, (identity, _) in list(_entries.items()):
-        if _segment.identity(name) != identity:
-            del _entries[name]
-
-
-def _remember(name: str, identity: Identity | None, segment: Bytes) -> None:
-    if identity is None:  # the backend cannot tell segments apart: never cache
+def _remember(name: str, mapped: Mapped) -> None:
+    if mapped.identity is None:  # the backend cannot tell segments apart: never cache
         return
     with _lock:
-        _entries[name] = (identity, segment)
+        _entries[name] = mapped
         _entries.move_to_end(name)
         while len(_entries) > MAX_ENTRIES:
             _entries.popitem(last=False)
 
 
-def attach(name: str) -> Bytes:
-    """Return a mapping of segment ``name``, this process's existing one if still current."""
+def _same_segment(a: Identity | None, b: Identity | None) -> bool:
+    return a is None or b is None or a[:2] == b[:2]
+
+
+def attach(name: str, identity: Identity | None = None) -> Mapped:
+    """Return a mapping of segment ``name``, reusing this process's if still current.
+
+    ``identity`` is what a pickled handle says its segment is; if the name now
+    belongs to another segment, that one was unlinked: `SegmentNotFoundError`.
+    """
     with _lock:
-        _drop_stale()
-        entry = _entries.get(name)
-        if entry is not None:
+        for other, cached in list(_entries.items()):
+            if other == name and identity is not None:
+                continue  # compared with the pickled identity below, no system call
+            if _segment.identity(other) != cached.identity:
+                del _entries[other]
+        hit = _entries.get(name)
+        if hit is not None and (identity is None or hit.identity == identity):
             _entries.move_to_end(name)
-            return entry[1]
-    segment, identity = _segment.open_existing(name)
-    _remember(name, identity, segment)
-    return segment
+            return hit
+    segment, found, head = _segment.open_existing(name)
+    if not _same_segment(identity, found):
+        raise SegmentNotFoundError(
+            f"shared memory segment {name!r} was unlinked; its name now belongs to another segment",
+            segment=name,
+        )
+    mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
+    _remember(name, mapped)
+    return mapped
 
 
-def create(name: str, size: int, chunks: Iterable[tuple[int, Bytes]], *, filled: bool) -> Bytes:
+def create(
+    name: str, size: int, chunks: Iterable[tuple[int, Bytes]], layout: Layout, *, filled: bool
+) -> Mapped:
     """`_segment.create`, remembering the creator's mapping for later attaches here."""
     segment, identity = _segment.create(name, size, chunks, filled=filled)
-    _remember(name, identity, segment)
-    return segment
+    mapped = Mapped.of(segment, identity, layout)
+    _remember(name, mapped)
+    return mapped
 
 
 def forget(name: str) -> None:

@@ -1,18 +1,21 @@
 """Array layouts: normalising shape and dtype, and the header a segment describes itself with.
 
-A segment made by this library starts with a fixed binary header, then a text
-description of the array, then (at a page-aligned offset) the array bytes::
+A segment made by this library starts with a fixed binary header, the shape, and
+a description of the dtype; the array bytes follow at a page-aligned offset.  All
+integers are little-endian::
 
-    offset 0   magic  b"\\x93SMARRAY"                     8 bytes
-               format version (little-endian uint16)      2
-               flags (bit 0: Fortran order)               2
-               length of the description (uint32)         4
-               offset of the data (uint64)                8
-               size of the data in bytes (uint64)         8
-    offset 32  description: repr of {'descr': ..., 'shape': ...}, where
-               'descr' is ``numpy.lib.format.dtype_to_descr(dtype)`` (keeps
-               structured fields, padding and byte order, unlike ``dtype.str``),
-               UTF-8 (field names may be any string)
+    offset 0   magic b"\\x93SMARRAY"                           8 bytes
+               format version (uint16)                         2
+               flags (uint16; bit 0: Fortran order)            2
+               number of dimensions, n (uint32)                4
+               length of the dtype description, m (uint32)     4
+               offset of the data, D (uint64)                  8
+               size of the data in bytes (uint64)              8
+    offset 36  the shape (n x uint64)                          8n
+               the dtype: ``dtype.str`` in ASCII for plain dtypes
+               (``'<f8'``, ``'>M8[ns]'``), else the repr of
+               ``numpy.lib.format.dtype_to_descr(dtype)`` in UTF-8
+               (keeps fields, titles, padding and byte order)  m
     offset D   the array, D a multiple of 4096
 
 Segments made by others have no header; they are attached with an explicit
@@ -22,6 +25,7 @@ shape and dtype, and their data starts at offset 0.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 import struct
 import sys
@@ -36,8 +40,9 @@ from ._errors import LayoutError, UnsupportedDtypeError
 MAGIC = b"\x93SMARRAY"
 FORMAT_VERSION = 1
 DATA_ALIGNMENT = 4096
-_FIXED = struct.Struct("<8sHHIQQ")
+_FIXED = struct.Struct("<8sHHIIQQ")
 _FORTRAN = 1
+_MAX_DIMS = 64
 _MAX_DESCRIPTION = 1 << 20
 
 ShapeLike = Union[int, Sequence[int]]
@@ -58,6 +63,11 @@ class Layout(NamedTuple):
     @property
     def nbytes(self) -> int:
         return count(self.shape) * self.dtype.itemsize
+
+    def view(self, segment: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, Any]:
+        """The array over a mapped segment; NumPy keeps it inside the segment's bounds."""
+        data = segment[self.offset : self.offset + self.nbytes]
+        return data.view(self.dtype).reshape(self.shape, order="F" if self.fortran else "C")
 
 
 class Region(NamedTuple):
@@ -118,8 +128,10 @@ def normalize(
         dt = normalize_dtype(dt.base, segment)
     if any(dim < 0 for dim in dims):
         raise LayoutError(f"expected non-negative dimensions (got shape {dims})", segment=segment)
-    if len(dims) > 64:
-        raise LayoutError(f"expected at most 64 dimensions (got {len(dims)})", segment=segment)
+    if len(dims) > _MAX_DIMS:
+        raise LayoutError(
+            f"expected at most {_MAX_DIMS} dimensions (got {len(dims)})", segment=segment
+        )
     if count(dims) * dt.itemsize > sys.maxsize:
         raise LayoutError(
             f"array of shape {dims} and dtype {dt} is larger than this platform can address",
@@ -128,28 +140,64 @@ def normalize(
     return dims, dt
 
 
+def _describe_dtype(dtype: np.dtype[Any]) -> bytes:
+    if dtype.names is None and dtype.subdtype is None and not dtype.metadata:
+        return dtype.str.encode("ascii")  # e.g. '<f8', '|S5', '<M8[ns]'
+    return repr(npformat.dtype_to_descr(dtype)).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_dtype(text: bytes) -> np.dtype[Any]:
+    """Read a dtype description; parsed once per process (``literal_eval`` is slow)."""
+    if text[:1] in (b"[", b"("):
+        descr = ast.literal_eval(text.decode("utf-8"))
+        dtype: np.dtype[Any] = npformat.descr_to_dtype(descr)
+        return dtype
+    return np.dtype(text.decode("ascii"))
+
+
 def encode(shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool) -> tuple[bytes, int]:
     """Return ``(header bytes, data offset)`` describing an array."""
-    description = repr({"descr": npformat.dtype_to_descr(dtype), "shape": shape}).encode("utf-8")
-    offset = -(-(_FIXED.size + len(description)) // DATA_ALIGNMENT) * DATA_ALIGNMENT
-    nbytes = count(shape) * dtype.itemsize
+    description = _describe_dtype(dtype)
+    end = _FIXED.size + 8 * len(shape) + len(description)
+    offset = -(-end // DATA_ALIGNMENT) * DATA_ALIGNMENT
     fixed = _FIXED.pack(
-        MAGIC, FORMAT_VERSION, _FORTRAN if fortran else 0, len(description), offset, nbytes
+        MAGIC,
+        FORMAT_VERSION,
+        _FORTRAN if fortran else 0,
+        len(shape),
+        len(description),
+        offset,
+        count(shape) * dtype.itemsize,
     )
-    return fixed + description, offset
+    return fixed + struct.pack(f"<{len(shape)}Q", *shape) + description, offset
 
 
-def has_header(segment_bytes: np.ndarray[Any, np.dtype[np.uint8]]) -> bool:
-    """Return whether a mapped segment starts with this library's magic."""
-    return segment_bytes.size >= _FIXED.size and segment_bytes[:8].tobytes() == MAGIC
+def header_length(head: bytes) -> int:
+    """Bytes a segment's header takes, judged from its first bytes; 0 if it has none.
+
+    Reading `DATA_ALIGNMENT` bytes first is always enough unless the dtype has a
+    very long description; then read this many and decode again.
+    """
+    if len(head) < _FIXED.size or head[:8] != MAGIC:
+        return 0
+    _, _, _, ndim, length, _, _ = _FIXED.unpack_from(head)
+    return int(_FIXED.size + 8 * min(ndim, _MAX_DIMS + 1) + min(length, _MAX_DESCRIPTION + 1))
 
 
-def decode(segment_bytes: np.ndarray[Any, np.dtype[np.uint8]], name: str) -> Layout:
-    """Read and check the header of a mapped segment that `has_header`."""
-    size = segment_bytes.size
-    _, version, flags, length, offset, nbytes = _FIXED.unpack(
-        segment_bytes[: _FIXED.size].tobytes()
-    )
+def decode(head: bytes, size: int, name: str) -> Layout | None:
+    """Read and check a segment's header; ``None`` if it has none (a raw segment).
+
+    Parameters
+    ----------
+    head
+        The segment's first bytes, at least `header_length` of them.
+    size
+        The segment's size in bytes.
+    """
+    if not header_length(head):
+        return None
+    _, version, flags, ndim, length, offset, nbytes = _FIXED.unpack_from(head)
 
     def corrupt(problem: str) -> LayoutError:
         return LayoutError(f"segment {name!r} has a corrupt header: {problem}", segment=name)
@@ -160,22 +208,22 @@ def decode(segment_bytes: np.ndarray[Any, np.dtype[np.uint8]], name: str) -> Lay
             f"this version reads format {FORMAT_VERSION} and older",
             segment=name,
         )
-    if length > _MAX_DESCRIPTION or _FIXED.size + length > min(offset, size):
-        raise corrupt(f"description of {length} bytes does not fit before offset {offset}")
+    end = _FIXED.size + 8 * ndim + length
+    if ndim > _MAX_DIMS or length > _MAX_DESCRIPTION or end > min(offset, size):
+        raise corrupt(f"{ndim} dimensions and a {length}-byte dtype do not fit before the data")
     if offset + nbytes > size:
         raise corrupt(
             f"data of {nbytes} bytes at offset {offset} runs past the segment end ({size} bytes)"
         )
-    text = segment_bytes[_FIXED.size : _FIXED.size + length].tobytes()
+    if end > len(head):
+        raise corrupt(f"header of {end} bytes is longer than the {len(head)} bytes read")
+    shape = struct.unpack_from(f"<{ndim}Q", head, _FIXED.size)
+    text = head[end - length : end]
     try:
-        meta = ast.literal_eval(text.decode("utf-8"))
-        dtype = npformat.descr_to_dtype(meta["descr"])
-        shape = tuple(meta["shape"])
-    except Exception as exc:  # literal_eval and descr_to_dtype raise many types
-        raise corrupt(f"unreadable description {text[:200]!r} ({exc})") from None
-    if not all(isinstance(dim, int) for dim in shape):
-        raise corrupt(f"shape {shape!r} is not a tuple of integers")
-    shape, dtype = normalize(shape, dtype, name)
+        dtype = _parse_dtype(text)
+    except Exception as exc:  # literal_eval and np.dtype raise many types
+        raise corrupt(f"unreadable dtype {text[:200]!r} ({exc})") from None
+    dtype = normalize_dtype(dtype, name)
     if count(shape) * dtype.itemsize != nbytes:
         raise corrupt(f"shape {shape} and dtype {dtype} do not add up to {nbytes} bytes")
     return Layout(shape, dtype, bool(flags & _FORTRAN), offset)

@@ -29,6 +29,8 @@ from ._errors import OutOfSharedMemoryError, SegmentExistsError, SegmentNotFound
 
 SHM_DIR = "/dev/shm"
 _ON_LINUX = sys.platform.startswith("linux")
+_CAN_RESERVE = hasattr(os, "posix_fallocate")  # not on macOS
+_HEAD_GUESS = 256  # bytes read first: the whole header unless the dtype is long
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
@@ -166,7 +168,7 @@ def create(
 
 
 def _fill_and_map(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool) -> Bytes:
-    if not hasattr(os, "posix_fallocate"):  # macOS: no fallocate, and no write() on shm
+    if not _CAN_RESERVE:  # macOS: no fallocate, and no write() on shm
         os.ftruncate(fd, size)
         segment = _map(fd, size, writable=True)
         for offset, data in chunks:
@@ -181,8 +183,23 @@ def _fill_and_map(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], fille
     return _map(fd, size, writable=True)
 
 
-def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity]:
-    """Map the whole of existing segment ``name``; return the mapping and its identity.
+def _read_head(fd: int, segment: Bytes) -> tuple[bytes, int]:
+    """Return the segment's first bytes, holding its whole header, and the header's length."""
+    # pread() rather than reading the mapping: touching the mapping would fault in
+    # its first page (several microseconds, and a dearer munmap later).  macOS shm
+    # objects support no read(), so there the mapping it is.
+    head = os.pread(fd, _HEAD_GUESS, 0) if _ON_LINUX else bytes(segment[:_HEAD_GUESS])
+    needed = _layout.header_length(head)
+    if needed > len(head):
+        head = os.pread(fd, needed, 0) if _ON_LINUX else bytes(segment[:needed])
+    return head, needed
+
+
+def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity, bytes]:
+    """Map the whole of existing segment ``name``.
+
+    Returns the mapping, the segment's identity, and its first bytes: its whole
+    header if it has one (see `_layout.decode`).
 
     A segment not made by this library may be sparse (``SharedMemory`` only calls
     ``ftruncate``); its pages are reserved here, so writing through the mapping
@@ -200,14 +217,15 @@ def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity]
         st = os.fstat(fd)
         size = st.st_size
         segment = _map(fd, size, writable)
-        if writable and size and not _layout.has_header(segment) and hasattr(os, "posix_fallocate"):
+        head, header_length = _read_head(fd, segment)
+        if writable and size and not header_length and _CAN_RESERVE:
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 if exc.errno in _NO_SPACE:
                     raise _out_of_memory(name, size) from None
                 raise
-        return segment, _identity(st)
+        return segment, _identity(st), head
     finally:
         os.close(fd)
 

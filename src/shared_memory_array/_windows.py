@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _layout
 from ._errors import SegmentExistsError, SegmentNotFoundError
 
 SHM_DIR = "(Windows named mappings)"
@@ -59,7 +60,7 @@ def create(
     return segment, None
 
 
-def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity | None]:
+def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity | None, bytes]:
     del writable
     try:
         shm = shared_memory.SharedMemory(name)
@@ -68,7 +69,10 @@ def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity 
             f"no shared memory segment named {name!r} (never created, or already released)",
             segment=name,
         ) from None
-    return _take_mapping(shm), None
+    segment = _take_mapping(shm)
+    head = bytes(segment[: _layout.DATA_ALIGNMENT])
+    needed = _layout.header_length(head)
+    return segment, None, bytes(segment[:needed]) if needed > len(head) else head
 
 
 def unlink(name: str) -> bool:

@@ -114,16 +114,16 @@ def test_raw_segment_attach_checks_size_and_dtype():
 def test_corrupt_header_is_a_clear_error():
     with SharedMemoryArray.allocate(None, 4) as shared:
         header = shared._mapped[:64]
-        assert bytes(header[44:47]) == b"<f8"  # after 36 fixed bytes and the shape
-        header[44:47] = np.frombuffer(b"gar", np.uint8)
+        assert bytes(header[52:55]) == b"<f8"  # after 44 fixed bytes and the shape
+        header[52:55] = np.frombuffer(b"gar", np.uint8)
         release_cached_mappings()  # read the header again, not this process's copy
         with pytest.raises(LayoutError, match="corrupt header"):
             SharedMemoryArray.attach(shared.name)
         header[8] = 99  # a format version from the future
         with pytest.raises(LayoutError, match="newer"):
             SharedMemoryArray.attach(shared.name)
-        header[36] = 5  # a shape that does not add up
+        header[44] = 5  # a shape that does not add up
         header[8] = 1
-        header[44:47] = np.frombuffer(b"<f8", np.uint8)
+        header[52:55] = np.frombuffer(b"<f8", np.uint8)
         with pytest.raises(LayoutError, match="do not add up"):
             SharedMemoryArray.attach(shared.name)

@@ -238,7 +238,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     ) -> SharedMemoryArray[Any]:
         link = None if manager is None else _compat.manager_link(manager)
         name = name or _names.generate()
-        header, offset = _layout.encode(shape, dtype, fortran)
+        creator = os.getpid()
+        keeper = creator if link is None else link.pid
+        header, offset = _layout.encode(shape, dtype, fortran, creator, keeper)
         layout = Layout(shape, dtype, fortran, offset)
         mapped = _cache.create(
             name,

@@ -45,6 +45,7 @@ class ManagerLink(NamedTuple):
     client: Callable[..., Any]
     address: Any
     authkey: bytes
+    pid: int  # of the server process; 0 if this process did not start it
 
 
 def manager_link(manager: object) -> ManagerLink:
@@ -59,7 +60,9 @@ def manager_link(manager: object) -> ManagerLink:
             "the SharedMemoryManager is not running: call start() or use it as a "
             "context manager (with SharedMemoryManager() as manager: ...)"
         )
-    return ManagerLink(manager._Client, manager.address, manager._authkey)  # type: ignore[attr-defined]
+    process = getattr(manager, "_process", None)
+    pid = process.pid if process is not None and process.pid is not None else 0
+    return ManagerLink(manager._Client, manager.address, manager._authkey, pid)  # type: ignore[attr-defined]
 
 
 def _dispatch(link: ManagerLink, method: str, name: str) -> None:

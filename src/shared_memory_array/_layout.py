@@ -11,7 +11,9 @@ integers are little-endian::
                length of the dtype description, m (uint32)     4
                offset of the data, D (uint64)                  8
                size of the data in bytes (uint64)              8
-    offset 36  the shape (n x uint64)                          8n
+               pid of the creating process (uint32)            4
+               pid of the process that will unlink it (uint32) 4
+    offset 44  the shape (n x uint64)                          8n
                the dtype: ``dtype.str`` in ASCII for plain dtypes
                (``'<f8'``, ``'>M8[ns]'``), else the repr of
                ``numpy.lib.format.dtype_to_descr(dtype)`` in UTF-8
@@ -40,7 +42,7 @@ from ._errors import LayoutError, UnsupportedDtypeError
 MAGIC = b"\x93SMARRAY"
 FORMAT_VERSION = 1
 DATA_ALIGNMENT = 4096
-_FIXED = struct.Struct("<8sHHIIQQ")
+_FIXED = struct.Struct("<8sHHIIQQII")
 _FORTRAN = 1
 _MAX_DIMS = 64
 _MAX_DESCRIPTION = 1 << 20
@@ -156,8 +158,15 @@ def _parse_dtype(text: bytes) -> np.dtype[Any]:
     return np.dtype(text.decode("ascii"))
 
 
-def encode(shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool) -> tuple[bytes, int]:
-    """Return ``(header bytes, data offset)`` describing an array."""
+def encode(
+    shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool, creator: int, keeper: int
+) -> tuple[bytes, int]:
+    """Return ``(header bytes, data offset)`` describing an array.
+
+    ``creator`` is the pid of the process that made the segment, ``keeper`` the pid
+    of the process responsible for unlinking it (the creator, or a manager's
+    server); the command line's ``clean`` reads them.
+    """
     description = _describe_dtype(dtype)
     end = _FIXED.size + 8 * len(shape) + len(description)
     offset = -(-end // DATA_ALIGNMENT) * DATA_ALIGNMENT
@@ -169,6 +178,8 @@ def encode(shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool) -> tuple
         len(description),
         offset,
         count(shape) * dtype.itemsize,
+        creator,
+        keeper,
     )
     return fixed + struct.pack(f"<{len(shape)}Q", *shape) + description, offset
 
@@ -181,8 +192,14 @@ def header_length(head: bytes) -> int:
     """
     if len(head) < _FIXED.size or head[:8] != MAGIC:
         return 0
-    _, _, _, ndim, length, _, _ = _FIXED.unpack_from(head)
+    _, _, _, ndim, length, _, _, _, _ = _FIXED.unpack_from(head)
     return int(_FIXED.size + 8 * min(ndim, _MAX_DIMS + 1) + min(length, _MAX_DESCRIPTION + 1))
+
+
+def origin(head: bytes) -> tuple[int, int]:
+    """Return ``(creator pid, keeper pid)`` from a header (see `encode`)."""
+    creator, keeper = _FIXED.unpack_from(head)[-2:]
+    return creator, keeper
 
 
 def decode(head: bytes, size: int, name: str) -> Layout | None:
@@ -197,7 +214,7 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
     """
     if not header_length(head):
         return None
-    _, version, flags, ndim, length, offset, nbytes = _FIXED.unpack_from(head)
+    _, version, flags, ndim, length, offset, nbytes, _, _ = _FIXED.unpack_from(head)
 
     def corrupt(problem: str) -> LayoutError:
         return LayoutError(f"segment {name!r} has a corrupt header: {problem}", segment=name)

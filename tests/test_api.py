@@ -27,6 +27,7 @@ def test_all_is_pinned():
         "NotOwnerError",
         "OutOfSharedMemoryError",
         "SegmentExistsError",
+        "SegmentInfo",
         "SegmentNotFoundError",
         "SharedArray",
         "SharedMemoryArray",
@@ -34,7 +35,10 @@ def test_all_is_pinned():
         "SharedMemoryManager",
         "UnsupportedDtypeError",
         "__version__",
+        "clean_segments",
+        "list_segments",
         "release_cached_mappings",
+        "segment_info",
     ]
     for name in shared_memory_array.__all__:
         obj = getattr(shared_memory_array, name)

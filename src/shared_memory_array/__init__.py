@@ -22,6 +22,7 @@ from ._errors import (
     SharedMemoryArrayError,
     UnsupportedDtypeError,
 )
+from ._inspect import SegmentInfo, clean_segments, list_segments, segment_info
 from ._manager import SharedMemoryManager
 from ._version import __version__
 
@@ -41,7 +42,10 @@ for _error in (
 ):
     _error.__module__ = __name__
 del _error
-release_cached_mappings.__module__ = __name__
+for _function in (release_cached_mappings, clean_segments, list_segments, segment_info):
+    _function.__module__ = __name__
+SegmentInfo.__module__ = __name__
+del _function
 
 __all__ = [
     "ClosedHandleError",
@@ -50,6 +54,7 @@ __all__ = [
     "NotOwnerError",
     "OutOfSharedMemoryError",
     "SegmentExistsError",
+    "SegmentInfo",
     "SegmentNotFoundError",
     "SharedArray",
     "SharedMemoryArray",
@@ -57,5 +62,8 @@ __all__ = [
     "SharedMemoryManager",
     "UnsupportedDtypeError",
     "__version__",
+    "clean_segments",
+    "list_segments",
     "release_cached_mappings",
+    "segment_info",
 ]

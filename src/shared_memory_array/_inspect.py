@@ -1,0 +1,208 @@
+"""Finding this library's segments: who made them, who maps them, which are abandoned.
+
+Linux only: it reads ``/dev/shm`` and ``/proc``.  Only segments owned by the
+current user and carrying this library's header are ever listed or removed, so
+other users' and other programs' shared memory is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import _layout, _names, _segment
+from ._errors import LayoutError, SegmentNotFoundError, SharedMemoryArrayError
+
+__all__ = ["SegmentInfo", "clean_segments", "list_segments", "segment_info"]
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """What is known about one of this library's segments.
+
+    Attributes
+    ----------
+    name : str
+        The segment's name, for `SharedMemoryArray.attach`.
+    shape : tuple of int
+        Shape of the array it holds.
+    dtype : str
+        Its dtype, as ``str(numpy.dtype)``.
+    nbytes : int
+        Size of the array in bytes.
+    size : int
+        Size of the segment (header included).
+    committed : int
+        Bytes of memory the segment holds now.
+    creator_pid, keeper_pid : int
+        The process that made it, and the one that will unlink it (the creator,
+        or a ``SharedMemoryManager``'s server; 0 if unknown).
+    creator_alive, keeper_alive : bool
+        Whether those processes are running.
+    mapped_by : list of int
+        Processes that map the segment now (those whose ``/proc/<pid>/maps`` this
+        user may read).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    size: int
+    committed: int
+    creator_pid: int
+    creator_alive: bool
+    keeper_pid: int
+    keeper_alive: bool
+    mapped_by: list[int] = field(default_factory=list)
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether nobody will unlink it or uses it: its keeper is known and dead,
+        its creator is dead, and no process maps it."""
+        return (
+            self.keeper_pid != 0
+            and not self.keeper_alive
+            and not self.creator_alive
+            and not self.mapped_by
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON-ready values, plus ``abandoned``."""
+        return {**asdict(self), "shape": list(self.shape), "abandoned": self.abandoned}
+
+
+def _require_linux() -> None:
+    if not sys.platform.startswith("linux"):
+        raise OSError(f"listing segments needs Linux's /dev/shm and /proc (this is {sys.platform})")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            state = stat_file.read().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in (b"Z", b"X")  # a zombie holds no memory and does nothing
+
+
+def _mappers() -> dict[str, list[int]]:
+    """Map each /dev/shm name to the pids that have it mapped."""
+    prefix = _segment.SHM_DIR + "/"
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as maps:
+                names = {
+                    line.split(prefix, 1)[1].split(" (deleted)")[0].rstrip("\n")
+                    for line in maps
+                    if prefix in line
+                }
+        except OSError:  # gone, or not ours to read
+            continue
+        for name in names:
+            found.setdefault(name, []).append(int(entry))
+    return found
+
+
+def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
+    """Describe segment ``name`` if it is this user's and this library's, else None."""
+    path = os.path.join(_segment.SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        head = os.pread(fd, _layout.DATA_ALIGNMENT, 0)
+        needed = _layout.header_length(head)
+        if needed > len(head):
+            head = os.pread(fd, needed, 0)
+    finally:
+        os.close(fd)
+    try:
+        layout = _layout.decode(head, st.st_size, name)
+    except SharedMemoryArrayError:
+        return None
+    if layout is None:
+        return None
+    creator, keeper = _layout.origin(head)
+    return SegmentInfo(
+        name=name,
+        shape=layout.shape,
+        dtype=str(layout.dtype),
+        nbytes=layout.nbytes,
+        size=st.st_size,
+        committed=st.st_blocks * 512,
+        creator_pid=creator,
+        creator_alive=_alive(creator),
+        keeper_pid=keeper,
+        keeper_alive=_alive(keeper),
+        mapped_by=sorted(mappers.get(name, [])),
+    )
+
+
+def list_segments() -> list[SegmentInfo]:
+    """Return this user's segments made by this library, sorted by name.
+
+    Raises
+    ------
+    OSError
+        Not on Linux.
+    """
+    _require_linux()
+    mappers = _mappers()
+    infos = (_read(name, mappers) for name in sorted(os.listdir(_segment.SHM_DIR)))
+    return [info for info in infos if info is not None]
+
+
+def segment_info(name: str) -> SegmentInfo:
+    """Describe one segment.
+
+    Raises
+    ------
+    SegmentNotFoundError
+        No segment of that name.
+    LayoutError
+        It exists but is not this user's, or not made by this library.
+    """
+    _require_linux()
+    _names.validate(name)
+    if not os.path.exists(os.path.join(_segment.SHM_DIR, name)):
+        raise SegmentNotFoundError(f"no shared memory segment named {name!r}", segment=name)
+    info = _read(name, _mappers())
+    if info is None:
+        raise LayoutError(
+            f"segment {name!r} is not a shared-memory-array segment of this user", segment=name
+        )
+    return info
+
+
+def clean_segments(dry_run: bool = False) -> list[SegmentInfo]:
+    """Unlink this user's abandoned segments and return them.
+
+    A segment is abandoned when the process that made it and the process that was
+    to unlink it (itself, or a manager's server) are both dead and no process maps
+    it: typically what a process killed with SIGKILL leaves behind when its
+    resource tracker died with it.  Segments of other users, or not made by this
+    library, are never touched.
+
+    Parameters
+    ----------
+    dry_run : bool
+        Only report what would be unlinked.
+    """
+    abandoned = [info for info in list_segments() if info.abandoned]
+    if not dry_run:
+        for info in abandoned:
+            _segment.unlink(info.name)
+    return abandoned

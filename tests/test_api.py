@@ -36,9 +36,12 @@ def test_all_is_pinned():
         "UnsupportedDtypeError",
         "__version__",
         "clean_segments",
+        "empty",
         "list_segments",
         "release_cached_mappings",
         "segment_info",
+        "share",
+        "zeros",
     ]
     for name in shared_memory_array.__all__:
         obj = getattr(shared_memory_array, name)
@@ -211,3 +214,18 @@ def test_unsafe_attach_with_a_wrong_shape_stays_in_bounds():
 def test_typing_subscript_works_at_runtime():
     alias = SharedMemoryArray[np.float64]
     assert alias.__origin__ is SharedMemoryArray
+
+
+def test_share_zeros_and_empty_return_owner_handles():
+    import shared_memory_array as sma
+
+    with sma.share(np.arange(3)) as shared:
+        assert shared.owner and shared.as_array().tolist() == [0, 1, 2]
+    for make in (sma.zeros, sma.empty):
+        with make((2, 3), "i2", order="F") as shared:
+            array = shared.as_array()
+            assert shared.owner and array.dtype == np.int16 and array.flags.f_contiguous
+            assert not array.any()
+    with SharedMemoryManager() as manager:
+        shared = sma.zeros(4, manager=manager)
+        assert shared.owner and shared.shape == (4,)

@@ -22,6 +22,7 @@ from ._errors import (
     SharedMemoryArrayError,
     UnsupportedDtypeError,
 )
+from ._functions import empty, share, zeros
 from ._inspect import SegmentInfo, clean_segments, list_segments, segment_info
 from ._manager import SharedMemoryManager
 from ._version import __version__
@@ -42,7 +43,15 @@ for _error in (
 ):
     _error.__module__ = __name__
 del _error
-for _function in (release_cached_mappings, clean_segments, list_segments, segment_info):
+for _function in (
+    release_cached_mappings,
+    clean_segments,
+    list_segments,
+    segment_info,
+    share,
+    zeros,
+    empty,
+):
     _function.__module__ = __name__
 SegmentInfo.__module__ = __name__
 del _function
@@ -63,7 +72,10 @@ __all__ = [
     "UnsupportedDtypeError",
     "__version__",
     "clean_segments",
+    "empty",
     "list_segments",
     "release_cached_mappings",
     "segment_info",
+    "share",
+    "zeros",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import re
@@ -60,6 +61,10 @@ def _start_helpers() -> None:
     if sys.platform.startswith("linux"):
         resource_tracker.ensure_running()
         forkserver.ensure_running()
+        with contextlib.suppress(ImportError):  # joblib's loky backend has its own
+            from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+            loky_tracker.ensure_running()
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +82,7 @@ def no_leaks() -> Iterator[None]:
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.05)
+    gc.collect()  # pools and queues close their pipes when collected
     fds_after = _fds()
     new_fds = {fd: target for fd, target in fds_after.items() if fd not in fds_before}
     for name in leaked:

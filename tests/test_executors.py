@@ -1,4 +1,4 @@
-"""The handle works with every executor users have: multiprocessing, concurrent.futures, joblib, Dask."""
+"""The handle works with the executors users have: multiprocessing, futures, joblib, Dask."""
 
 from __future__ import annotations
 

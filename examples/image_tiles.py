@@ -10,7 +10,7 @@ try:
     from tqdm import tqdm
 except ImportError:  # the progress bar is optional
 
-    def tqdm(iterable, total=None):
+    def tqdm(iterable, total=None, disable=None):
         return iterable
 
 
@@ -26,7 +26,8 @@ def parallel_image_analysis(image, n_tiles=10):
     # No manager: the handle owns the segment and unlinks it when the block ends.
     with SharedMemoryArray.copy(None, image) as shared, Pool() as pool:
         tiles = [(shared, i * tile_height, (i + 1) * tile_height) for i in range(n_tiles)]
-        return list(tqdm(pool.imap(process_tile, tiles), total=n_tiles))
+        # disable=None: a bar on a terminal, quiet when output goes to a file or pipe
+        return list(tqdm(pool.imap(process_tile, tiles), total=n_tiles, disable=None))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def _progress(results: Iterator[Any], total: int, label: str) -> Iterable[Any]:
         from tqdm import tqdm
     except ImportError:
         return results
-    return tqdm(results, total=total, desc=label, leave=False)  # type: ignore[no-any-return]
+    # disable=None: a bar on a terminal, nothing when stderr is a file or pipe
+    return tqdm(results, total=total, desc=label, leave=False, disable=None)  # type: ignore[no-any-return]
 
 
 def _run(

@@ -24,6 +24,7 @@ def test_all_is_pinned():
         "ClosedHandleError",
         "InvalidNameError",
         "LayoutError",
+        "LockTimeoutError",
         "NotOwnerError",
         "OutOfSharedMemoryError",
         "SegmentExistsError",

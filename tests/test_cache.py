@@ -81,4 +81,4 @@ def test_the_cache_is_bounded():
     assert len(_cache._entries) <= _cache.MAX_ENTRIES
     for owner in owners:
         owner.close()
-    assert not any(owner.name in _cache._entries for owner in owners)
+    assert not any(owner.name in {name for name, _ in _cache._entries} for owner in owners)

@@ -7,7 +7,7 @@ import operator
 import os
 from collections.abc import Iterator
 from multiprocessing import util
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,9 @@ from . import _cache, _compat, _layout, _names, _segment
 from ._errors import ClosedHandleError, LayoutError, NotOwnerError
 from ._layout import Layout, Region, ShapeLike
 from ._segment import Bytes, Identity
+
+if TYPE_CHECKING:
+    from ._lock import SegmentLock
 
 __all__ = ["SharedMemoryArray"]
 
@@ -96,6 +99,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _region: Region | None = None  # a part of the array, from basic indexing
     _identity: Identity | None = None  # which segment the name meant when mapped
     _array: npt.NDArray[Any] | None = None  # built by the first as_array()
+    _readonly = False
 
     _name: str
     _layout: Layout
@@ -276,6 +280,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         dtype: npt.DTypeLike | None = None,
         *,
         order: Order | None = None,
+        readonly: bool = False,
     ) -> SharedMemoryArray[Any]:
         """Attach to an existing segment by name; the handle is not an owner.
 
@@ -288,6 +293,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             may be left out; any that are given are checked against it.  A segment
             made by other means (e.g. ``multiprocessing.shared_memory``) needs
             ``shape`` and ``dtype``; its data starts at its first byte.
+        readonly : bool, default False
+            Map the segment read-only: arrays from `as_array` cannot be written or
+            made writeable (the memory itself is mapped without write access), and
+            the handle pickles as read-only too.
 
         Raises
         ------
@@ -298,9 +307,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             segment is too small for them.  Nothing is unlinked.
         """
         name = _names.validate(name)
-        mapped = _cache.attach(name)
+        mapped = _cache.attach(name, readonly=readonly)
         layout, raw = _resolve(name, mapped, shape, dtype, order, validate=True)
-        return cls._from_mapped(name, layout, raw, mapped)
+        return cls._from_mapped(name, layout, raw, mapped, readonly)
 
     @classmethod
     def attach_unsafe(
@@ -310,21 +319,23 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         dtype: npt.DTypeLike | None = None,
         *,
         order: Order | None = None,
+        readonly: bool = False,
     ) -> SharedMemoryArray[Any]:
         """`attach` without validating the name or comparing arguments with the header.
 
         The view is still bounded by the segment: a shape too large raises from NumPy.
         """
-        mapped = _cache.attach(name)
+        mapped = _cache.attach(name, readonly=readonly)
         layout, raw = _resolve(name, mapped, shape, dtype, order, validate=False)
-        return cls._from_mapped(name, layout, raw, mapped)
+        return cls._from_mapped(name, layout, raw, mapped, readonly)
 
     @classmethod
     def _from_mapped(
-        cls, name: str, layout: Layout, raw: bool, mapped: _cache.Mapped
+        cls, name: str, layout: Layout, raw: bool, mapped: _cache.Mapped, readonly: bool
     ) -> SharedMemoryArray[Any]:
         self = cls._make(name, layout, raw, mapped.segment)
         self._identity = mapped.identity
+        self._readonly = readonly
         if layout == mapped.layout:
             self._array = mapped.array
         return self
@@ -393,6 +404,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         handle = type(self)._make(self._name, self._layout, self._raw, self._mapped)
         handle._region = region
         handle._identity = self._identity
+        handle._readonly = self._readonly
         return handle
 
     def _attach_lazily(self) -> npt.NDArray[Any] | None:
@@ -402,7 +414,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._closed:
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         name = _names.validate(self._name)
-        mapped = _cache.attach(name, self._identity)
+        mapped = _cache.attach(name, self._identity, readonly=self._readonly)
         self._identity = mapped.identity
         found = mapped.layout
         if found is not None and found[:3] == self._layout[:3]:
@@ -536,10 +548,85 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         # A plain dtype travels as its string: pickling a dtype object costs ~4 us,
         # paid by the parent for every task.
         token = dtype.str if dtype.names is None and not dtype.metadata else dtype
-        return (_rebuild, (self._name, shape, token, fortran, self._raw, region, self._identity))
+        return (
+            _rebuild,
+            (self._name, shape, token, fortran, self._raw, region, self._identity, self._readonly),
+        )
+
+    def readonly(self) -> SharedMemoryArray[_ScalarT_co]:
+        """Return a read-only handle to the same array (or region); never an owner.
+
+        Give it to workers that must not write: it pickles as read-only, and its
+        arrays cannot be written or made writeable in any process.
+        """
+        shape, dtype, fortran, _ = self._layout
+        return _rebuild(
+            self._name, shape, dtype, fortran, self._raw, self._region, self._identity, True
+        )
+
+    def lock(
+        self,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+        blocking: bool = True,
+        rows: int | slice | None = None,
+    ) -> SegmentLock:
+        """Return a lock on this array, or on a region of it, for use with ``with``.
+
+        The lock works between any processes that have a handle (pickled, attached
+        or created; fork, spawn, forkserver or unrelated) and between threads, and
+        the kernel releases it at once if its holder dies, SIGKILL included.  It
+        guards the bytes of this handle: a region handle (``shared[1000:2000].lock()``)
+        or ``rows=`` locks only that part (for a strided region: the bytes between
+        its first and last element), so writers of other regions are not blocked.
+
+        Parameters
+        ----------
+        shared : bool, default False
+            Take a shared (read) lock: many holders at once, none exclusive.
+        timeout : float, optional
+            Seconds to wait before raising `LockTimeoutError`; wait forever if None.
+        blocking : bool, default True
+            If False, raise `LockTimeoutError` at once when the lock is taken.
+        rows : int or slice, optional
+            Lock ``self[rows]`` instead of the whole array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from shared_memory_array import SharedMemoryArray
+        >>> with SharedMemoryArray.allocate(None, (4, 3)) as shared:
+        ...     with shared.lock(rows=slice(0, 2)):
+        ...         shared.as_array()[0:2] += 1
+        ...     with shared.lock(shared=True, timeout=1.0):
+        ...         float(shared.as_array().sum())
+        6.0
+        """
+        from ._lock import SegmentLock
+
+        target = self if rows is None else self[rows]
+        start, length = target._byte_range()
+        return SegmentLock(
+            self._name, start, length, shared=shared, timeout=timeout, blocking=blocking
+        )
+
+    def _byte_range(self) -> tuple[int, int]:
+        """The bytes of the segment this handle's array spans: ``(start, length)``."""
+        self.as_array()  # attaches if needed: the data offset comes from the header
+        base, region = self._layout.offset, self._region
+        if region is None:
+            return base, self._layout.nbytes
+        if 0 in region.shape:
+            return base + region.offset, 0
+        spans = [(n - 1) * stride for n, stride in zip(region.shape, region.strides)]
+        low = region.offset + sum(min(0, span) for span in spans)
+        high = region.offset + sum(max(0, span) for span in spans) + self._layout.dtype.itemsize
+        return base + low, high - low
 
     def __repr__(self) -> str:
         state = " region" if self._region is not None else ""
+        state += " readonly" if self._readonly else ""
         state += " closed" if self._closed else ""
         return (
             f"<{type(self).__name__} {self._name!r} shape={self.shape} "
@@ -634,6 +721,7 @@ def _rebuild(
     raw: bool,
     region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
     identity: Identity | None = None,
+    readonly: bool = False,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
     layout = Layout(shape, np.dtype(dtype), fortran, 0)
@@ -641,6 +729,7 @@ def _rebuild(
     if region is not None:
         handle._region = Region(*region)
     handle._identity = identity
+    handle._readonly = readonly
     return handle
 
 

@@ -49,7 +49,7 @@ class Mapped(NamedTuple):
 
 
 _lock = threading.Lock()
-_entries: OrderedDict[str, Mapped] = OrderedDict()
+_entries: OrderedDict[tuple[str, bool], Mapped] = OrderedDict()  # (name, read-only)
 
 
 def _reset_lock() -> None:
@@ -61,12 +61,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_lock)
 
 
-def _remember(name: str, mapped: Mapped) -> None:
+def _remember(key: tuple[str, bool], mapped: Mapped) -> None:
     if mapped.identity is None:  # the backend cannot tell segments apart: never cache
         return
     with _lock:
-        _entries[name] = mapped
-        _entries.move_to_end(name)
+        _entries[key] = mapped
+        _entries.move_to_end(key)
         while len(_entries) > MAX_ENTRIES:
             _entries.popitem(last=False)
 
@@ -75,30 +75,32 @@ def _same_segment(a: Identity | None, b: Identity | None) -> bool:
     return a is None or b is None or a[:2] == b[:2]
 
 
-def attach(name: str, identity: Identity | None = None) -> Mapped:
+def attach(name: str, identity: Identity | None = None, *, readonly: bool = False) -> Mapped:
     """Return a mapping of segment ``name``, reusing this process's if still current.
 
     ``identity`` is what a pickled handle says its segment is; if the name now
     belongs to another segment, that one was unlinked: `SegmentNotFoundError`.
+    ``readonly`` mappings are made with ``PROT_READ`` and cached apart.
     """
+    key = (name, readonly)
     with _lock:
         for other, cached in list(_entries.items()):
-            if other == name and identity is not None:
+            if other[0] == name and identity is not None:
                 continue  # compared with the pickled identity below, no system call
-            if _segment.identity(other) != cached.identity:
+            if _segment.identity(other[0]) != cached.identity:
                 del _entries[other]
-        hit = _entries.get(name)
+        hit = _entries.get(key)
         if hit is not None and (identity is None or hit.identity == identity):
-            _entries.move_to_end(name)
+            _entries.move_to_end(key)
             return hit
-    segment, found, head = _segment.open_existing(name)
+    segment, found, head = _segment.open_existing(name, writable=not readonly)
     if not _same_segment(identity, found):
         raise SegmentNotFoundError(
             f"shared memory segment {name!r} was unlinked; its name now belongs to another segment",
             segment=name,
         )
     mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
-    _remember(name, mapped)
+    _remember(key, mapped)
     return mapped
 
 
@@ -108,14 +110,15 @@ def create(
     """`_segment.create`, remembering the creator's mapping for later attaches here."""
     segment, identity = _segment.create(name, size, chunks, filled=filled)
     mapped = Mapped.of(segment, identity, layout)
-    _remember(name, mapped)
+    _remember((name, False), mapped)
     return mapped
 
 
 def forget(name: str) -> None:
     """Drop the entry of a segment this process just unlinked."""
     with _lock:
-        _entries.pop(name, None)
+        for readonly in (False, True):
+            _entries.pop((name, readonly), None)
 
 
 def release_cached_mappings() -> int:

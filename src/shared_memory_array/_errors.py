@@ -8,6 +8,7 @@ segment exists yet) and subclasses the builtin that code already catches::
     ├── SegmentExistsError(FileExistsError)
     ├── NotOwnerError(PermissionError)
     ├── OutOfSharedMemoryError(OSError, MemoryError)
+    ├── LockTimeoutError(TimeoutError)
     ├── InvalidNameError(ValueError)
     ├── LayoutError(ValueError)
     ├── ClosedHandleError(ValueError)
@@ -26,6 +27,7 @@ __all__ = [
     "ClosedHandleError",
     "InvalidNameError",
     "LayoutError",
+    "LockTimeoutError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
     "SegmentExistsError",
@@ -96,6 +98,23 @@ class OutOfSharedMemoryError(SharedMemoryArrayError, OSError, MemoryError):
         self.errno = errno.ENOSPC
         self.requested = requested
         self.available = available
+
+
+class LockTimeoutError(SharedMemoryArrayError, TimeoutError):
+    """A lock on a shared array was held by someone else for longer than allowed.
+
+    Attributes
+    ----------
+    timeout : float or None
+        The seconds waited (0 for ``blocking=False``).
+    """
+
+    def __init__(
+        self, message: str, *, segment: str | None = None, timeout: float | None = None
+    ) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.ETIMEDOUT
+        self.timeout = timeout
 
 
 class InvalidNameError(SharedMemoryArrayError, ValueError):

@@ -42,15 +42,17 @@ def test_lock_gives_zero_torn_reads_against_a_writer():
         child = context.Process(target=writer, args=(shared, 10**9))
         child.start()
         try:
-            array, torn = shared.as_array(), 0
+            array, torn, seen = shared.as_array(), 0, set()
             for _ in range(10_000):
                 with shared.lock(shared=True):
                     snapshot = array.copy()
                 torn += snapshot.min() != snapshot.max()
+                seen.add(snapshot[0])
         finally:
             child.kill()
             child.join(60)
     assert torn == 0
+    assert len(seen) > 100  # the writer really was writing meanwhile
 
 
 def test_a_killed_holder_releases_its_lock_at_once():

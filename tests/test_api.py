@@ -230,3 +230,11 @@ def test_share_zeros_and_empty_return_owner_handles():
     with SharedMemoryManager() as manager:
         shared = sma.zeros(4, manager=manager)
         assert shared.owner and shared.shape == (4,)
+
+
+def test_one_dimensional_arrays_have_one_layout_whatever_the_order():
+    with SharedMemoryArray.allocate(None, 5, order="F") as shared:
+        for order in ("C", "F"):
+            assert SharedMemoryArray.attach(shared.name, order=order).shape == (5,)
+        with pytest.raises(LayoutError):
+            SharedMemoryArray.attach(shared.name, order="K")

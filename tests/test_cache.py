@@ -82,3 +82,13 @@ def test_the_cache_is_bounded():
     for owner in owners:
         owner.close()
     assert not any(owner.name in {name for name, _ in _cache._entries} for owner in owners)
+
+
+def test_a_garbage_collected_owner_leaves_no_cached_mapping():
+    import gc
+
+    owner = SharedMemoryArray.allocate(None, 1000)
+    name = owner.name
+    del owner
+    gc.collect()
+    assert mappings_of(name) == 0

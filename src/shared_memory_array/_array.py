@@ -59,6 +59,7 @@ def _release(name: str, creator_pid: int) -> None:
     if os.getpid() == creator_pid:
         _segment.unlink(name)
         _compat.unregister_creator(name)
+        _cache.forget(name)
 
 
 class SharedMemoryArray(Generic[_ScalarT_co]):
@@ -242,6 +243,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     ) -> SharedMemoryArray[Any]:
         link = None if manager is None else _compat.manager_link(manager)
         name = name or _names.generate()
+        fortran = fortran and len(shape) > 1  # one layout for 0-d and 1-d arrays
         creator = os.getpid()
         keeper = creator if link is None else link.pid
         header, offset = _layout.encode(shape, dtype, fortran, creator, keeper)
@@ -520,11 +522,11 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     def _unlink(self) -> None:
         self._owner_pid = 0
-        _cache.forget(self._name)
         if self._manager is not None:
             _compat.manager_release(self._manager, self._name)
+            _cache.forget(self._name)
         elif self._finalizer is not None:
-            self._finalizer()
+            self._finalizer()  # _release()
 
     @contextlib.contextmanager
     def managed(self: _Handle) -> Iterator[_Handle]:
@@ -679,7 +681,7 @@ def _resolve(
             if shape is None
             else _layout.normalize(shape, found.dtype if dtype is None else dtype, name)[0],
             found.dtype if dtype is None else _layout.normalize_dtype(dtype, name),
-            found.fortran if order is None else _fortran(order),
+            found.fortran if order is None else _fortran(order) and len(found.shape) > 1,
             found.offset,
         )
         if wanted != found:
@@ -698,7 +700,8 @@ def _resolve(
         dims, dt = _layout.normalize(shape, dtype, name)
     else:
         dims, dt = ((shape,) if isinstance(shape, int) else tuple(shape)), np.dtype(dtype)
-    layout = Layout(dims, dt, order == "F" if order is not None else False, 0)
+    fortran = False if order is None else _fortran(order) if validate else order == "F"
+    layout = Layout(dims, dt, fortran and len(dims) > 1, 0)
     if layout.nbytes > mapped.segment.size:
         raise LayoutError(
             f"segment {name!r} has {mapped.segment.size} bytes, too small for "

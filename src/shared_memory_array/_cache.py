@@ -48,13 +48,15 @@ class Mapped(NamedTuple):
         return cls(segment, identity, layout, None if layout is None else layout.view(segment))
 
 
-_lock = threading.Lock()
+# Reentrant: an owner's finalizer calls forget(), and garbage collection can run
+# it in this thread while the lock is held.
+_lock = threading.RLock()
 _entries: OrderedDict[tuple[str, bool], Mapped] = OrderedDict()  # (name, read-only)
 
 
 def _reset_lock() -> None:
     global _lock
-    _lock = threading.Lock()  # a thread of the parent may have held it at fork()
+    _lock = threading.RLock()  # a thread of the parent may have held it at fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -92,3 +92,39 @@ def test_a_garbage_collected_owner_leaves_no_cached_mapping():
     del owner
     gc.collect()
     assert mappings_of(name) == 0
+
+
+def test_unlinked_mappings_are_dropped_once_dev_shm_settles_too():
+    """The check of other entries is skipped only while /dev/shm is unchanged."""
+    import time
+
+    raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=4096)
+    with SharedMemoryArray.allocate(None, 1) as other:
+        payload = pickle.dumps(other)
+        SharedMemoryArray.attach(raw.name, (512,), "f8").close()
+        time.sleep(0.2)  # past the window where directory timestamps are not trusted
+        pickle.loads(payload).as_array()  # everything checked: /dev/shm state recorded
+        pickle.loads(payload).as_array()  # nothing changed: no check
+        assert mappings_of(raw.name) == 2
+        raw.unlink()
+        time.sleep(0.2)
+        pickle.loads(payload).as_array()  # /dev/shm changed: the unlinked one goes
+        assert mappings_of(raw.name) == 1
+    raw.close()
+
+
+def test_many_cached_segments_keep_a_warm_attach_cheap():
+    """With nothing unlinked, a warm attach makes no system call per cached segment."""
+    import time
+    from unittest import mock
+
+    owners = [SharedMemoryArray.allocate(None, 1) for _ in range(10)]
+    try:
+        payload = pickle.dumps(owners[0])
+        time.sleep(0.2)
+        pickle.loads(payload).as_array()
+        with mock.patch.object(_cache._segment, "identity", side_effect=AssertionError):
+            pickle.loads(payload).as_array()
+    finally:
+        for owner in owners:
+            owner.close()

@@ -327,7 +327,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
         The view is still bounded by the segment: a shape too large raises from NumPy.
         """
-        mapped = _cache.attach(name, readonly=readonly)
+        mapped = _cache.attach(name, readonly=readonly, validate=False)
         layout, raw = _resolve(name, mapped, shape, dtype, order, validate=False)
         return cls._from_mapped(name, layout, raw, mapped, readonly)
 
@@ -415,7 +415,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         # executor's plumbing); the first use does, and checks what the pickle said.
         if self._closed:
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
-        name = _names.validate(self._name)
+        name = self._name  # validated by the cache before anything is opened
         mapped = _cache.attach(name, self._identity, readonly=self._readonly)
         self._identity = mapped.identity
         found = mapped.layout

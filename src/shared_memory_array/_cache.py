@@ -5,13 +5,15 @@ costs system calls (shm_open, fstat, mmap, later munmap) and a header parse.  Th
 cache keeps one mapping per segment instead, with its parsed layout, under three
 rules:
 
-- Never stale.  A name that was unlinked and made again is a new segment.  A
-  pickled handle carries its segment's identity (device, inode, size), so a cached
-  mapping is reused only for that very segment, with no system call.  An attach by
-  name compares with what the name is now (one ``stat``).
-- Never pins memory for long.  Every attach checks the other cached segments'
-  names and drops the mappings of those unlinked or replaced, so they go no later
-  than the next attach in this process; an owner's unlink drops its entry at once;
+- Never stale, never pinning memory for long.  Every attach checks that each
+  cached segment's name still leads to the same segment (device, inode, size) and
+  drops the mappings of segments unlinked or replaced, so they go no later than the
+  next attach in this process.  The check costs one ``stat`` of ``/dev/shm`` when
+  nothing there changed since the last one (its modification time and size change
+  with every segment made or unlinked), and a ``stat`` per cached segment when
+  something did.  A pickled handle also carries its segment's identity, so it is
+  never given a mapping of another segment that took the name.  An owner's unlink
+  drops its entry at once;
   `release_cached_mappings` drops them all.  Arrays still using a mapping keep it
   alive, as always.
 - Bounded: at most `MAX_ENTRIES` segments, least recently attached dropped first.
@@ -27,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _layout, _segment
+from . import _layout, _names, _segment
 from ._errors import SegmentNotFoundError
 from ._layout import Layout
 from ._segment import Bytes, Identity
@@ -52,6 +54,7 @@ class Mapped(NamedTuple):
 # it in this thread while the lock is held.
 _lock = threading.RLock()
 _entries: OrderedDict[tuple[str, bool], Mapped] = OrderedDict()  # (name, read-only)
+_checked_state: object = None  # /dev/shm's state when every entry was last checked
 
 
 def _reset_lock() -> None:
@@ -77,24 +80,32 @@ def _same_segment(a: Identity | None, b: Identity | None) -> bool:
     return a is None or b is None or a[:2] == b[:2]
 
 
-def attach(name: str, identity: Identity | None = None, *, readonly: bool = False) -> Mapped:
+def attach(
+    name: str, identity: Identity | None = None, *, readonly: bool = False, validate: bool = True
+) -> Mapped:
     """Return a mapping of segment ``name``, reusing this process's if still current.
 
     ``identity`` is what a pickled handle says its segment is; if the name now
     belongs to another segment, that one was unlinked: `SegmentNotFoundError`.
-    ``readonly`` mappings are made with ``PROT_READ`` and cached apart.
+    ``readonly`` mappings are made with ``PROT_READ`` and cached apart.  The
+    name is validated before anything is opened, unless ``validate`` is False.
     """
+    global _checked_state
     key = (name, readonly)
     with _lock:
-        for other, cached in list(_entries.items()):
-            if other[0] == name and identity is not None:
-                continue  # compared with the pickled identity below, no system call
-            if _segment.identity(other[0]) != cached.identity:
-                del _entries[other]
+        if _entries:
+            state = _segment.directory_state()
+            if state is None or state != _checked_state:  # something was made or unlinked
+                for other, cached in list(_entries.items()):
+                    if _segment.identity(other[0]) != cached.identity:
+                        del _entries[other]
+                _checked_state = state
         hit = _entries.get(key)
         if hit is not None and (identity is None or hit.identity == identity):
             _entries.move_to_end(key)
             return hit
+    if validate:
+        _names.validate(name)
     segment, found, head = _segment.open_existing(name, writable=not readonly)
     if not _same_segment(identity, found):
         raise SegmentNotFoundError(

@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import sys
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +32,7 @@ SHM_DIR = "/dev/shm"
 _ON_LINUX = sys.platform.startswith("linux")
 _CAN_RESERVE = hasattr(os, "posix_fallocate")  # not on macOS
 _HEAD_GUESS = 256  # bytes read first: the whole header unless the dtype is long
+_COARSE_CLOCK_NS = 100_000_000  # file timestamps may lag by a clock tick (1-10 ms)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
@@ -129,6 +131,24 @@ def identity(name: str) -> Identity | None:
         return _identity(os.fstat(fd))
     finally:
         os.close(fd)
+
+
+def directory_state() -> tuple[int, int, int] | None:
+    """A token that changes whenever a segment is made or unlinked; None: can't tell.
+
+    Linux updates ``/dev/shm``'s modification time and size (tmpfs counts its
+    entries in it) with every name added or removed.  Its timestamps are coarse,
+    one clock tick, so a directory changed in the last moments gives no token.
+    """
+    if not _ON_LINUX:
+        return None
+    try:
+        st = os.stat(SHM_DIR)
+    except OSError:
+        return None
+    if time.time_ns() - st.st_mtime_ns < _COARSE_CLOCK_NS:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def create(

@@ -1,8 +1,8 @@
 """Named shared memory segments, through this platform's backend (picked once, at import).
 
 Both backends offer the same functions: ``create``, ``open_existing``, ``identity``,
-``unlink``, ``exists`` and ``free_bytes``; a mapped segment is a 1-D ``uint8`` array
-whose lifetime keeps the mapping alive.
+``directory_state``, ``unlink``, ``exists`` and ``free_bytes``; a mapped segment is a
+1-D ``uint8`` array whose lifetime keeps the mapping alive.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ if sys.platform == "win32":  # pragma: no cover - untested, see docs/explanation
         Bytes,
         Identity,
         create,
+        directory_state,
         exists,
         free_bytes,
         identity,
@@ -27,6 +28,7 @@ else:
         Bytes,
         Identity,
         create,
+        directory_state,
         exists,
         free_bytes,
         identity,
@@ -39,6 +41,7 @@ __all__ = [
     "Bytes",
     "Identity",
     "create",
+    "directory_state",
     "exists",
     "free_bytes",
     "identity",

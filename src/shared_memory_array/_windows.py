@@ -40,6 +40,10 @@ def _take_mapping(shm: shared_memory.SharedMemory) -> Bytes:
     return np.frombuffer(mapping, dtype=np.uint8)
 
 
+def directory_state() -> None:
+    return None
+
+
 def free_bytes() -> int | None:
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import os
 from collections.abc import Iterator
@@ -101,6 +102,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _identity: Identity | None = None  # which segment the name meant when mapped
     _array: npt.NDArray[Any] | None = None  # built by the first as_array()
     _readonly = False
+    _reduced: tuple[Any, ...] | None = None  # what __reduce__ returns, once built
 
     _name: str
     _layout: Layout
@@ -417,9 +419,15 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         name = self._name  # validated by the cache before anything is opened
         mapped = _cache.attach(name, self._identity, readonly=self._readonly)
-        self._identity = mapped.identity
-        found = mapped.layout
-        if found is not None and found[:3] == self._layout[:3]:
+        if mapped.identity != self._identity:  # the pickle had none (Windows)
+            self._identity, self._reduced = mapped.identity, None
+        found, wanted = mapped.layout, self._layout
+        if (
+            found is not None
+            and found.shape == wanted.shape
+            and found.dtype == wanted.dtype
+            and found.fortran == wanted.fortran
+        ):
             # the common case: the pickle matches the header
             self._layout = found
             self._mapped = mapped.segment
@@ -428,6 +436,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         self._layout, self._raw = _resolve(
             name, mapped, shape, dtype, "F" if fortran else "C", validate=True
         )
+        self._reduced = None
         self._mapped = mapped.segment
         return None
 
@@ -545,15 +554,18 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     # ------------------------------------------------------------------ protocols
 
     def __reduce__(self) -> tuple[Any, ...]:
-        shape, dtype, fortran, _ = self._layout
-        region = None if self._region is None else tuple(self._region)
-        # A plain dtype travels as its string: pickling a dtype object costs ~4 us,
-        # paid by the parent for every task.
-        token = dtype.str if dtype.names is None and not dtype.metadata else dtype
-        return (
-            _rebuild,
-            (self._name, shape, token, fortran, self._raw, region, self._identity, self._readonly),
-        )
+        # Built once per handle: a pool pickles the same handle for every task, in
+        # the parent's one task-feeding thread.
+        reduced = self._reduced
+        if reduced is None:
+            shape, dtype, fortran, _ = self._layout
+            region = None if self._region is None else tuple(self._region)
+            # A plain dtype travels as its string: pickling a dtype object costs
+            # about 4 us.
+            token = dtype.str if dtype.names is None and not dtype.metadata else dtype
+            args = (self._name, shape, token, fortran, self._raw, region)
+            reduced = self._reduced = (_rebuild, (*args, self._identity, self._readonly))
+        return reduced
 
     def readonly(self) -> SharedMemoryArray[_ScalarT_co]:
         """Return a read-only handle to the same array (or region); never an owner.
@@ -716,6 +728,15 @@ def _describe(layout: Layout) -> str:
     return f"an array of shape {layout.shape}, dtype {layout.dtype}, {order} order"
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_of(token: str) -> np.dtype[Any]:
+    return np.dtype(token)
+
+
+def _dtype(token: np.dtype[Any] | str) -> np.dtype[Any]:
+    return _dtype_of(token) if isinstance(token, str) else np.dtype(token)
+
+
 def _rebuild(
     name: str,
     shape: tuple[int, ...],
@@ -727,7 +748,7 @@ def _rebuild(
     readonly: bool = False,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
-    layout = Layout(shape, np.dtype(dtype), fortran, 0)
+    layout = Layout(shape, _dtype(dtype), fortran, 0)
     handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, raw, None)
     if region is not None:
         handle._region = Region(*region)

@@ -93,6 +93,16 @@ def attach(
     global _checked_state
     key = (name, readonly)
     with _lock:
+        hit = _entries.get(key)
+        if (
+            hit is not None
+            and identity is not None
+            and hit.identity == identity
+            and (len(_entries) == 1)
+        ):
+            # The one cached segment is the very one a pickled handle names: nothing
+            # else is pinned, and it is in use. The common case of a pool worker.
+            return hit
         if _entries:
             state = _segment.directory_state()
             if state is None or state != _checked_state:  # something was made or unlinked

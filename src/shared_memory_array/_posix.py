@@ -72,7 +72,8 @@ class _Mapping:
         }
 
     def __del__(self, _munmap: Any = _libc_munmap) -> None:
-        _munmap(self.address, self.length)
+        if getattr(self, "length", 0):  # __init__ may not have run
+            _munmap(self.address, self.length)
 
 
 def _map(fd: int, size: int, writable: bool) -> Bytes:

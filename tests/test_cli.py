@@ -146,3 +146,14 @@ def test_clean_never_touches_another_users_segments():
         assert os.path.exists(f"/dev/shm/{name}")
     finally:
         os.unlink(f"/dev/shm/{name}")
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "shared-memory-array")
+    if not os.path.exists(script):
+        pytest.skip("not installed as a package (no console script next to the interpreter)")
+    result = subprocess.run(
+        [script, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in ("list", "info", "clean", "demo"))

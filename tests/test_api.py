@@ -238,3 +238,8 @@ def test_one_dimensional_arrays_have_one_layout_whatever_the_order():
             assert SharedMemoryArray.attach(shared.name, order=order).shape == (5,)
         with pytest.raises(LayoutError):
             SharedMemoryArray.attach(shared.name, order="K")
+
+
+def test_attach_accepts_the_subarray_dtype_allocate_accepted():
+    with SharedMemoryArray.allocate(None, 3, ("f8", (2,))) as shared:
+        assert SharedMemoryArray.attach(shared.name, 3, ("f8", (2,))).shape == (3, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from multiprocessing import shared_memory
 
@@ -128,3 +129,20 @@ def test_many_cached_segments_keep_a_warm_attach_cheap():
     finally:
         for owner in owners:
             owner.close()
+
+
+def test_a_pickled_handle_is_served_its_mapping_even_after_unlink_then_it_goes():
+    import time
+
+    with (
+        SharedMemoryArray.allocate(None, 1) as other,
+        SharedMemoryArray.copy(None, np.arange(3)) as gone,
+    ):
+        payload, name = pickle.dumps(gone), gone.name
+        SharedMemoryArray.attach(other.name).close()  # two segments cached
+        os.unlink(f"/dev/shm/{name}")  # unlinked behind the owner's back
+        time.sleep(0.2)
+        # the pickle names that very segment, still mapped here: it is served
+        assert pickle.loads(payload).as_array().tolist() == [0, 1, 2]
+        pickle.loads(pickle.dumps(other)).as_array()  # the next attach drops it
+        assert (name, False) not in _cache._entries

@@ -154,3 +154,24 @@ def test_an_empty_region_locks_nothing_and_a_strided_one_its_span():
             assert not try_lock(shared[3])
             assert try_lock(shared[4:])
         assert np.asarray(shared).sum() == 0
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_lock_released_in_the_parent_is_free_though_a_forked_child_lives_on():
+    context = __import__("multiprocessing").get_context("fork")
+    with SharedMemoryArray.allocate(None, 10) as shared:
+        lock = shared.lock().acquire()
+        child = context.Process(target=_sleep, args=(30,))
+        child.start()
+        try:
+            lock.release()
+            # The child closes its inherited descriptor as soon as it runs (at fork);
+            # after that nothing holds the lock, though the child lives on.
+            with shared.lock(timeout=10):
+                pass
+        finally:
+            child.kill()
+            child.join(60)

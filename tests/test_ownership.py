@@ -246,3 +246,23 @@ def test_killed_parent_of_our_manager_takes_its_segments_along(method):
         return False
 
     assert wait_until(server_gone)
+
+
+def test_an_owner_never_unlinks_a_newer_segment_that_took_its_name():
+    owner = SharedMemoryArray.allocate(None, 3)
+    name = owner.name
+    os.unlink(f"/dev/shm/{name}")  # someone else removes it...
+    with SharedMemoryArray.allocate(None, 5, name=name) as newer:  # ...and reuses the name
+        owner.close()
+        assert exists(name)
+        assert SharedMemoryArray.attach(name).shape == (5,)
+    assert not exists(newer.name)
+
+
+def test_a_layout_numpy_refuses_leaves_no_segment():
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(LayoutError):
+        SharedMemoryArray.allocate_unsafe(None, (3,), ("f8", (2,)))
+    with pytest.raises(LayoutError):
+        SharedMemoryArray.allocate(None, (0, 2**63))
+    assert set(os.listdir("/dev/shm")) <= before

@@ -53,12 +53,19 @@ def _blocks(array: np.ndarray[Any, Any], fortran: bool) -> Iterator[tuple[int, B
         offset += block.nbytes
 
 
-def _release(name: str, creator_pid: int) -> None:
+def _still_ours(name: str, identity: Identity | None) -> bool:
+    """Whether ``name`` still leads to the segment of that identity (not a newer one)."""
+    current = _segment.identity(name)
+    return identity is None or (current is not None and current[:2] == identity[:2])
+
+
+def _release(name: str, creator_pid: int, identity: Identity | None) -> None:
     """Unlink an owned segment: run by close(), garbage collection or process exit."""
     # A fork()ed child holds a copy of the owner handle and of this finalizer;
     # only the creating process may unlink.
     if os.getpid() == creator_pid:
-        _segment.unlink(name)
+        if _still_ours(name, identity):
+            _segment.unlink(name)
         _compat.unregister_creator(name)
         _cache.forget(name)
 
@@ -92,7 +99,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     15.0
     """
 
-    # Class-level defaults, so close() works on a handle whose construction failed.
+    # Class-level defaults: handles are built by _make(), which sets only the rest.
     _mapped: Bytes | None = None  # the whole segment; holds the mapping
     _closed = False
     _owner_pid = 0
@@ -264,7 +271,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             if link is None:
                 _compat.register_creator(name)
                 self._finalizer = util.Finalize(
-                    self, _release, args=(name, os.getpid()), exitpriority=0
+                    self, _release, args=(name, os.getpid(), self._identity), exitpriority=0
                 )
             else:
                 _compat.manager_track(link, name)
@@ -365,7 +372,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def _view(self) -> npt.NDArray[_ScalarT_co]:
         whole = self._attach_lazily() if self._mapped is None else None
         segment = self._mapped
-        assert segment is not None
+        if segment is None:  # closed by another thread meanwhile
+            raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         region = self._region
         if region is None:
             return whole if whole is not None else self._layout.view(segment)
@@ -402,8 +410,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         array = self.as_array()
         # A trailing Ellipsis makes integer-only indexing return a 0-d view, not a scalar.
         view = array[parts if Ellipsis in parts else (*parts, Ellipsis)]
-        assert self._mapped is not None
-        start = self._mapped.__array_interface__["data"][0] + self._layout.offset
+        segment = self._mapped
+        if segment is None:  # closed by another thread meanwhile
+            raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
+        start = segment.__array_interface__["data"][0] + self._layout.offset
         region = Region(view.__array_interface__["data"][0] - start, view.shape, view.strides)
         handle = type(self)._make(self._name, self._layout, self._raw, self._mapped)
         handle._region = region
@@ -532,7 +542,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def _unlink(self) -> None:
         self._owner_pid = 0
         if self._manager is not None:
-            _compat.manager_release(self._manager, self._name)
+            if _still_ours(self._name, self._identity):
+                _compat.manager_release(self._manager, self._name)
             _cache.forget(self._name)
         elif self._finalizer is not None:
             self._finalizer()  # _release()
@@ -688,14 +699,11 @@ def _resolve(
     if found is not None:
         if not validate:
             return found, False
-        wanted = Layout(
-            found.shape
-            if shape is None
-            else _layout.normalize(shape, found.dtype if dtype is None else dtype, name)[0],
-            found.dtype if dtype is None else _layout.normalize_dtype(dtype, name),
-            found.fortran if order is None else _fortran(order) and len(found.shape) > 1,
-            found.offset,
-        )
+        dims, dt = _layout.normalize(
+            found.shape if shape is None else shape, found.dtype if dtype is None else dtype, name
+        )  # together: a subarray dtype adds to the shape
+        fortran = found.fortran if order is None else _fortran(order) and len(dims) > 1
+        wanted = Layout(dims, dt, fortran, found.offset)
         if wanted != found:
             raise LayoutError(
                 f"segment {name!r} holds {_describe(found)}, not {_describe(wanted)}",

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _layout, _names, _segment
-from ._errors import SegmentNotFoundError
+from ._errors import LayoutError, SegmentNotFoundError
 from ._layout import Layout
 from ._segment import Bytes, Identity
 
@@ -94,22 +94,23 @@ def attach(
     key = (name, readonly)
     with _lock:
         hit = _entries.get(key)
-        if (
-            hit is not None
-            and identity is not None
-            and hit.identity == identity
-            and (len(_entries) == 1)
-        ):
-            # The one cached segment is the very one a pickled handle names: nothing
-            # else is pinned, and it is in use. The common case of a pool worker.
-            return hit
+        # A pickled handle naming a segment mapped here is served that mapping: it
+        # is the very segment, unlinked or not.
+        served = hit is not None and identity is not None and hit.identity == identity
+        if served and hit is not None and len(_entries) == 1:
+            return hit  # nothing else is cached: the common case of a pool worker
         if _entries:
             state = _segment.directory_state()
             if state is None or state != _checked_state:  # something was made or unlinked
+                complete = True
                 for other, cached in list(_entries.items()):
-                    if _segment.identity(other[0]) != cached.identity:
-                        del _entries[other]
-                _checked_state = state
+                    if _segment.identity(other[0]) == cached.identity:
+                        continue
+                    if served and other == key:
+                        complete = False  # gone, but named by this pickle: serve it once more
+                    else:
+                        _entries.pop(other, None)
+                _checked_state = state if complete else None
         hit = _entries.get(key)
         if hit is not None and (identity is None or hit.identity == identity):
             _entries.move_to_end(key)
@@ -122,7 +123,12 @@ def attach(
             f"shared memory segment {name!r} was unlinked; its name now belongs to another segment",
             segment=name,
         )
-    mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
+    try:
+        mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
+    except LayoutError:
+        raise
+    except ValueError as exc:  # NumPy refused a layout the header checks let through
+        raise LayoutError(f"segment {name!r} has a corrupt header: {exc}", segment=name) from None
     _remember(key, mapped)
     return mapped
 
@@ -132,7 +138,11 @@ def create(
 ) -> Mapped:
     """`_segment.create`, remembering the creator's mapping for later attaches here."""
     segment, identity = _segment.create(name, size, chunks, filled=filled)
-    mapped = Mapped.of(segment, identity, layout)
+    try:
+        mapped = Mapped.of(segment, identity, layout)
+    except ValueError as exc:  # NumPy refused the layout: leave nothing behind
+        _segment.unlink(name)
+        raise LayoutError(f"cannot lay out segment {name!r}: {exc}", segment=name) from None
     _remember((name, False), mapped)
     return mapped
 

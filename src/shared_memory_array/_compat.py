@@ -1,7 +1,8 @@
-"""The CPython internals this library leans on, kept in one place.
+"""CPython's resource tracker and SharedMemoryManager protocol, as this library uses them.
 
-Each function here works on CPython 3.9 to 3.13; if a future version moves one of
-these internals, this module is the only one to change.
+Each function here works on CPython 3.9 to 3.13.  The other private CPython pieces
+the library leans on: ``_posixshmem`` (in ``_posix`` and ``_lock``), the manager's
+server internals (in ``_manager``), and ``SharedMemory``'s mapping (in ``_windows``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def manager_release(link: ManagerLink, name: str) -> None:
     Dropping it matters: at shutdown the stdlib server unlinks its segments in
     order and stops at the first one that is already gone, leaking the rest.
     If the manager is unreachable (shut down, or its process died) the segment is
-    unlinked here instead.
+    unlinked here instead.  Call it only while ``name`` still leads to the segment
+    the manager was given.
     """
     try:
         _dispatch(link, "release_segment", name)

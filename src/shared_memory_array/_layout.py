@@ -31,6 +31,7 @@ import functools
 import operator
 import struct
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Union
 
@@ -44,7 +45,7 @@ FORMAT_VERSION = 1
 DATA_ALIGNMENT = 4096
 _FIXED = struct.Struct("<8sHHIIQQII")
 _FORTRAN = 1
-_MAX_DIMS = 64
+_MAX_DIMS = 32  # NumPy 1.x arrays have at most 32 dimensions (2.x: 64)
 _MAX_DESCRIPTION = 1 << 20
 
 ShapeLike = Union[int, Sequence[int]]
@@ -57,10 +58,6 @@ class Layout(NamedTuple):
     dtype: np.dtype[Any]
     fortran: bool
     offset: int
-
-    @property
-    def size(self) -> int:
-        return count(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -128,7 +125,7 @@ def normalize(
     if dt.subdtype is not None:
         dims += dt.shape
         dt = normalize_dtype(dt.base, segment)
-    if any(dim < 0 for dim in dims):
+    if any(dim < 0 or dim > sys.maxsize for dim in dims):
         raise LayoutError(f"expected non-negative dimensions (got shape {dims})", segment=segment)
     if len(dims) > _MAX_DIMS:
         raise LayoutError(
@@ -145,7 +142,9 @@ def normalize(
 def _describe_dtype(dtype: np.dtype[Any]) -> bytes:
     if dtype.names is None and dtype.subdtype is None and not dtype.metadata:
         return dtype.str.encode("ascii")  # e.g. '<f8', '|S5', '<M8[ns]'
-    return repr(npformat.dtype_to_descr(dtype)).encode("utf-8")
+    with warnings.catch_warnings():  # "metadata is not saved": it is not, by design
+        warnings.simplefilter("ignore", UserWarning)
+        return repr(npformat.dtype_to_descr(dtype)).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=256)
@@ -187,8 +186,8 @@ def encode(
 def header_length(head: bytes) -> int:
     """Bytes a segment's header takes, judged from its first bytes; 0 if it has none.
 
-    Reading `DATA_ALIGNMENT` bytes first is always enough unless the dtype has a
-    very long description; then read this many and decode again.
+    A first read of a few hundred bytes is enough unless the dtype has a very long
+    description; then read this many and decode again.
     """
     if len(head) < _FIXED.size or head[:8] != MAGIC:
         return 0

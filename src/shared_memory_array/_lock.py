@@ -19,6 +19,7 @@ import fcntl
 import os
 import struct
 import time
+import weakref
 from types import TracebackType
 
 from ._errors import LockTimeoutError, SegmentNotFoundError
@@ -32,6 +33,22 @@ _FLOCK = struct.Struct("@hhqqi4x")
 _BUSY = (errno.EAGAIN, errno.EACCES)
 _FIRST_POLL, _LAST_POLL = 0.0005, 0.05
 _NO_FD = 1 << 30  # "held" without a descriptor: the lock of an empty region
+
+# Locks held in this process.  A fork()ed child inherits their descriptors, and an
+# OFD lock lasts while any descriptor of its open file does: the child must close
+# its copies, or the parent's release() would not release.
+_held: weakref.WeakSet[SegmentLock] = weakref.WeakSet()
+
+
+def _drop_inherited_locks() -> None:
+    for lock in list(_held):
+        fd, lock._fd = lock._fd, -1
+        if fd >= 0 and fd != _NO_FD:
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class SegmentLock:
@@ -96,6 +113,7 @@ class SegmentLock:
             os.close(fd)
             raise
         self._fd = fd
+        _held.add(self)
         return self
 
     def _try(self, fd: int, *, wait: bool) -> bool:
@@ -134,6 +152,7 @@ class SegmentLock:
     def release(self) -> None:
         """Release the lock (closing its descriptor releases it); idempotent."""
         fd, self._fd = self._fd, -1
+        _held.discard(self)
         if fd >= 0 and fd != _NO_FD:
             os.close(fd)
 

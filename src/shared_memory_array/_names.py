@@ -16,18 +16,11 @@ PREFIX = "sma_"
 MAX_NAME_LENGTH = 30 if sys.platform == "darwin" else 255
 
 _VALID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
-_GENERATED = re.compile(r"sma_(\d+)_[0-9a-f]{16}\Z")
 
 
 def generate() -> str:
     """Return a fresh name: ``sma_<creator pid>_<64 random bits>``, at most 28 characters."""
     return f"{PREFIX}{os.getpid()}_{secrets.token_hex(8)}"
-
-
-def creator_pid(name: str) -> int | None:
-    """Return the creator pid embedded in a generated name, or ``None``."""
-    match = _GENERATED.match(name)
-    return int(match.group(1)) if match else None
 
 
 def validate(name: object) -> str:

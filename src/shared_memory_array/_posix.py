@@ -258,8 +258,3 @@ def unlink(name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def exists(name: str) -> bool:
-    """Return whether segment ``name`` exists."""
-    return identity(name) is not None

@@ -1,7 +1,7 @@
 """Named shared memory segments, through this platform's backend (picked once, at import).
 
 Both backends offer the same functions: ``create``, ``open_existing``, ``identity``,
-``directory_state``, ``unlink``, ``exists`` and ``free_bytes``; a mapped segment is a
+``directory_state``, ``unlink`` and ``free_bytes``; a mapped segment is a
 1-D ``uint8`` array whose lifetime keeps the mapping alive.
 """
 
@@ -16,7 +16,6 @@ if sys.platform == "win32":  # pragma: no cover - untested, see docs/explanation
         Identity,
         create,
         directory_state,
-        exists,
         free_bytes,
         identity,
         open_existing,
@@ -29,7 +28,6 @@ else:
         Identity,
         create,
         directory_state,
-        exists,
         free_bytes,
         identity,
         open_existing,
@@ -42,7 +40,6 @@ __all__ = [
     "Identity",
     "create",
     "directory_state",
-    "exists",
     "free_bytes",
     "identity",
     "open_existing",

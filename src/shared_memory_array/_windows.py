@@ -65,7 +65,6 @@ def create(
 
 
 def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity | None, bytes]:
-    del writable
     try:
         shm = shared_memory.SharedMemory(name)
     except FileNotFoundError:
@@ -74,6 +73,8 @@ def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity 
             segment=name,
         ) from None
     segment = _take_mapping(shm)
+    if not writable:  # the mapping itself is writable here: NumPy guards it
+        segment.flags.writeable = False
     head = bytes(segment[: _layout.DATA_ALIGNMENT])
     needed = _layout.header_length(head)
     return segment, None, bytes(segment[:needed]) if needed > len(head) else head
@@ -82,11 +83,3 @@ def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity 
 def unlink(name: str) -> bool:
     del name
     return False
-
-
-def exists(name: str) -> bool:
-    try:
-        shared_memory.SharedMemory(name).close()
-    except FileNotFoundError:
-        return False
-    return True

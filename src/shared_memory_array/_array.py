@@ -83,8 +83,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     when one was given).  Without a manager, an owner that is garbage collected, or
     still open when its process exits, unlinks too, so nothing outlives the program.
     With a manager, the manager unlinks whatever is left when it shuts down.  Handles
-    made by `attach` or by unpickling are never owners: closing them only releases
-    this process's mapping.
+    made by `attach` or by unpickling are never owners: closing them never unlinks.
+    Each process keeps one mapping per segment and reuses it for every handle (see
+    `release_cached_mappings`).
 
     Arrays returned by `as_array` keep their memory mapped for as long as they live,
     even after `close`; the segment's name is what `close` (or `unlink`) removes.

@@ -126,7 +126,7 @@ def identity(name: str) -> Identity | None:
         if _ON_LINUX:  # one stat() instead of shm_open + fstat + close
             return _identity(os.stat(os.path.join(SHM_DIR, name)))
         fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
-    except FileNotFoundError:
+    except OSError:  # gone, or not ours to see: not the segment we knew
         return None
     try:
         return _identity(os.fstat(fd))

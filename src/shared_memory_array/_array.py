@@ -319,7 +319,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             segment is too small for them.  Nothing is unlinked.
         """
         name = _names.validate(name)
-        mapped = _cache.attach(name, readonly=readonly)
+        mapped = _cache.attach(name, readonly=readonly, validate=False)  # validated above
         layout, raw = _resolve(name, mapped, shape, dtype, order, validate=True)
         return cls._from_mapped(name, layout, raw, mapped, readonly)
 
@@ -700,9 +700,14 @@ def _resolve(
     if found is not None:
         if not validate:
             return found, False
-        dims, dt = _layout.normalize(
-            found.shape if shape is None else shape, found.dtype if dtype is None else dtype, name
-        )  # together: a subarray dtype adds to the shape
+        if shape is None and dtype is None:
+            dims, dt = found.shape, found.dtype
+        else:  # together: a subarray dtype adds to the shape
+            dims, dt = _layout.normalize(
+                found.shape if shape is None else shape,
+                found.dtype if dtype is None else dtype,
+                name,
+            )
         fortran = found.fortran if order is None else _fortran(order) and len(dims) > 1
         wanted = Layout(dims, dt, fortran, found.offset)
         if wanted != found:

@@ -211,7 +211,7 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
     size
         The segment's size in bytes.
     """
-    if not header_length(head):
+    if len(head) < _FIXED.size or head[:8] != MAGIC:
         return None
     _, version, flags, ndim, length, offset, nbytes, _, _ = _FIXED.unpack_from(head)
 

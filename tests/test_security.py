@@ -53,7 +53,7 @@ def test_bad_names_are_refused(name):
 
 
 def _tampered(shared, **changes):
-    fields = dict(zip(("name", "shape", "dtype", "fortran", "raw"), shared.__reduce__()[1]))
+    fields = dict(zip(("name", "shape", "dtype", "fortran"), shared.__reduce__()[1]))
     fields.update(changes)
     return pickle.loads(pickle.dumps(_Rebuild(fields)))
 
@@ -68,7 +68,7 @@ class _Rebuild:
         fields = self.fields
         return (
             _array._rebuild,
-            (fields["name"], fields["shape"], fields["dtype"], fields["fortran"], fields["raw"]),
+            (fields["name"], fields["shape"], fields["dtype"], fields["fortran"]),
         )
 
 
@@ -84,7 +84,6 @@ class _Rebuild:
         ({"name": "bad/name"}, InvalidNameError),
         ({"name": "sma\x00x"}, InvalidNameError),
         ({"name": "sma_0_gone"}, SegmentNotFoundError),
-        ({"raw": True, "shape": (10**6,)}, LayoutError),
     ],
 )
 def test_tampered_pickles_give_clear_errors_at_first_use(changes, error):

@@ -31,33 +31,6 @@ from ._version import __version__
 SharedArray = SharedMemoryArray
 """Alias of `SharedMemoryArray`, the name the published examples use."""
 
-for _error in (
-    ClosedHandleError,
-    InvalidNameError,
-    LayoutError,
-    LockTimeoutError,
-    NotOwnerError,
-    OutOfSharedMemoryError,
-    SegmentExistsError,
-    SegmentNotFoundError,
-    SharedMemoryArrayError,
-    UnsupportedDtypeError,
-):
-    _error.__module__ = __name__
-del _error
-for _function in (
-    release_cached_mappings,
-    clean_segments,
-    list_segments,
-    segment_info,
-    share,
-    zeros,
-    empty,
-):
-    _function.__module__ = __name__
-SegmentInfo.__module__ = __name__
-del _function
-
 __all__ = [
     "ClosedHandleError",
     "InvalidNameError",
@@ -82,3 +55,10 @@ __all__ = [
     "share",
     "zeros",
 ]
+
+# Reprs, docs and pickles name the package, however the private modules move.
+for _name in __all__:
+    _public = globals()[_name]
+    if isinstance(_public, type) or callable(_public):
+        _public.__module__ = __name__
+del _name, _public

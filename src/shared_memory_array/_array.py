@@ -114,7 +114,6 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     _name: str
     _layout: Layout
-    _raw: bool
 
     def __init__(self) -> None:
         raise TypeError(
@@ -123,13 +122,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         )
 
     @classmethod
-    def _make(
-        cls: type[_Handle], name: str, layout: Layout, raw: bool, segment: Bytes | None
-    ) -> _Handle:
+    def _make(cls: type[_Handle], name: str, layout: Layout, segment: Bytes | None) -> _Handle:
         self = cls.__new__(cls)
         self._name = name
         self._layout = layout
-        self._raw = raw
         self._mapped = segment
         return self
 
@@ -265,7 +261,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             layout,
             filled=source is not None,
         )
-        self = cls._make(name, layout, False, mapped.segment)
+        self = cls._make(name, layout, mapped.segment)
         self._identity = mapped.identity
         self._array = mapped.array
         try:
@@ -320,8 +316,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         name = _names.validate(name)
         mapped = _cache.attach(name, readonly=readonly, validate=False)  # validated above
-        layout, raw = _resolve(name, mapped, shape, dtype, order, validate=True)
-        return cls._from_mapped(name, layout, raw, mapped, readonly)
+        layout = _resolve(name, mapped, shape, dtype, order, validate=True)
+        return cls._from_mapped(name, layout, mapped, readonly)
 
     @classmethod
     def attach_unsafe(
@@ -338,14 +334,14 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         The view is still bounded by the segment: a shape too large raises from NumPy.
         """
         mapped = _cache.attach(name, readonly=readonly, validate=False)
-        layout, raw = _resolve(name, mapped, shape, dtype, order, validate=False)
-        return cls._from_mapped(name, layout, raw, mapped, readonly)
+        layout = _resolve(name, mapped, shape, dtype, order, validate=False)
+        return cls._from_mapped(name, layout, mapped, readonly)
 
     @classmethod
     def _from_mapped(
-        cls, name: str, layout: Layout, raw: bool, mapped: _cache.Mapped, readonly: bool
+        cls, name: str, layout: Layout, mapped: _cache.Mapped, readonly: bool
     ) -> SharedMemoryArray[Any]:
-        self = cls._make(name, layout, raw, mapped.segment)
+        self = cls._make(name, layout, mapped.segment)
         self._identity = mapped.identity
         self._readonly = readonly
         if layout == mapped.layout:
@@ -416,7 +412,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         start = segment.__array_interface__["data"][0] + self._layout.offset
         region = Region(view.__array_interface__["data"][0] - start, view.shape, view.strides)
-        handle = type(self)._make(self._name, self._layout, self._raw, self._mapped)
+        handle = type(self)._make(self._name, self._layout, self._mapped)
         handle._region = region
         handle._identity = self._identity
         handle._readonly = self._readonly
@@ -444,9 +440,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             self._mapped = mapped.segment
             return mapped.array
         shape, dtype, fortran, _ = self._layout
-        self._layout, self._raw = _resolve(
-            name, mapped, shape, dtype, "F" if fortran else "C", validate=True
-        )
+        self._layout = _resolve(name, mapped, shape, dtype, "F" if fortran else "C", validate=True)
         self._reduced = None
         self._mapped = mapped.segment
         return None
@@ -575,7 +569,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             # A plain dtype travels as its string: pickling a dtype object costs
             # about 4 us.
             token = dtype.str if dtype.names is None and not dtype.metadata else dtype
-            args = (self._name, shape, token, fortran, self._raw, region)
+            args = (self._name, shape, token, fortran, region)
             reduced = self._reduced = (_rebuild, (*args, self._identity, self._readonly))
         return reduced
 
@@ -586,9 +580,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         arrays cannot be written or made writeable in any process.
         """
         shape, dtype, fortran, _ = self._layout
-        return _rebuild(
-            self._name, shape, dtype, fortran, self._raw, self._region, self._identity, True
-        )
+        return _rebuild(self._name, shape, dtype, fortran, self._region, self._identity, True)
 
     def lock(
         self,
@@ -694,12 +686,13 @@ def _resolve(
     order: str | None,
     *,
     validate: bool,
-) -> tuple[Layout, bool]:
-    """Return the layout of a mapped segment and whether it is raw (has no header)."""
+) -> Layout:
+    """Return the layout of a mapped segment: from its header, or from the arguments
+    for a raw segment (one made without this library, data at offset 0)."""
     found = mapped.layout
     if found is not None:
         if not validate:
-            return found, False
+            return found
         if shape is None and dtype is None:
             dims, dt = found.shape, found.dtype
         else:  # together: a subarray dtype adds to the shape
@@ -715,7 +708,7 @@ def _resolve(
                 f"segment {name!r} holds {_describe(found)}, not {_describe(wanted)}",
                 segment=name,
             )
-        return found, False
+        return found
     if shape is None or dtype is None:
         raise LayoutError(
             f"segment {name!r} was not made by shared-memory-array (it has no header): "
@@ -734,7 +727,7 @@ def _resolve(
             f"{_describe(layout)} ({layout.nbytes} bytes)",
             segment=name,
         )
-    return layout, True
+    return layout
 
 
 def _describe(layout: Layout) -> str:
@@ -756,14 +749,13 @@ def _rebuild(
     shape: tuple[int, ...],
     dtype: np.dtype[Any] | str,
     fortran: bool,
-    raw: bool,
     region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
     identity: Identity | None = None,
     readonly: bool = False,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
     layout = Layout(shape, _dtype(dtype), fortran, 0)
-    handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, raw, None)
+    handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, None)
     if region is not None:
         handle._region = Region(*region)
     handle._identity = identity
@@ -771,5 +763,4 @@ def _rebuild(
     return handle
 
 
-SharedMemoryArray.__module__ = "shared_memory_array"
 _rebuild.__module__ = "shared_memory_array"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from multiprocessing import connection, managers
 from typing import Any
 
@@ -50,7 +51,7 @@ class _Server(managers.SharedMemoryServer):
             if sentinel is not None and connection.wait([sentinel], _POLL_SECONDS):
                 break
             if sentinel is None:
-                threading.Event().wait(_POLL_SECONDS)
+                time.sleep(_POLL_SECONDS)
         self.shared_memory_context.unlink()
         stop = getattr(self, "stop_event", None)
         if stop is not None:
@@ -81,4 +82,3 @@ class SharedMemoryManager(managers.SharedMemoryManager):
     _Server = _Server
 
 
-SharedMemoryManager.__module__ = "shared_memory_array"

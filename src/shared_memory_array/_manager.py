@@ -80,5 +80,3 @@ class SharedMemoryManager(managers.SharedMemoryManager):
     """
 
     _Server = _Server
-
-

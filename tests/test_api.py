@@ -22,11 +22,13 @@ from shared_memory_array import (
 def test_all_is_pinned():
     assert sorted(shared_memory_array.__all__) == [
         "ClosedHandleError",
+        "ForeignHostError",
         "InvalidNameError",
         "LayoutError",
         "LockTimeoutError",
         "NotOwnerError",
         "OutOfSharedMemoryError",
+        "ReleasedError",
         "SegmentExistsError",
         "SegmentInfo",
         "SegmentNotFoundError",

@@ -9,11 +9,13 @@ import pytest
 
 from shared_memory_array import (
     ClosedHandleError,
+    ForeignHostError,
     InvalidNameError,
     LayoutError,
     LockTimeoutError,
     NotOwnerError,
     OutOfSharedMemoryError,
+    ReleasedError,
     SegmentExistsError,
     SegmentNotFoundError,
     SharedMemoryArrayError,
@@ -22,6 +24,8 @@ from shared_memory_array import (
 
 CASES = [
     (SegmentNotFoundError, (FileNotFoundError,), errno.ENOENT),
+    (ForeignHostError, (SegmentNotFoundError, FileNotFoundError), errno.ENOENT),
+    (ReleasedError, (SegmentNotFoundError, FileNotFoundError), errno.ENOENT),
     (SegmentExistsError, (FileExistsError,), errno.EEXIST),
     (NotOwnerError, (PermissionError,), errno.EPERM),
     (OutOfSharedMemoryError, (OSError, MemoryError), errno.ENOSPC),
@@ -53,3 +57,9 @@ def test_out_of_memory_keeps_its_figures_through_pickle():
     error = OutOfSharedMemoryError("full", segment="s", requested=10, available=3)
     again = pickle.loads(pickle.dumps(error))
     assert (again.requested, again.available) == (10, 3)
+
+
+def test_foreign_host_error_keeps_its_hosts_through_pickle():
+    error = ForeignHostError("elsewhere", segment="s", host="b:1", hosts=("a:1",))
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.host, again.hosts, again.segment) == ("b:1", ("a:1",), "s")

@@ -13,11 +13,13 @@ from ._array import SharedMemoryArray, _rebuild  # noqa: F401  (pickles name it 
 from ._cache import release_cached_mappings
 from ._errors import (
     ClosedHandleError,
+    ForeignHostError,
     InvalidNameError,
     LayoutError,
     LockTimeoutError,
     NotOwnerError,
     OutOfSharedMemoryError,
+    ReleasedError,
     SegmentExistsError,
     SegmentNotFoundError,
     SharedMemoryArrayError,
@@ -33,11 +35,13 @@ SharedArray = SharedMemoryArray
 
 __all__ = [
     "ClosedHandleError",
+    "ForeignHostError",
     "InvalidNameError",
     "LayoutError",
     "LockTimeoutError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
+    "ReleasedError",
     "SegmentExistsError",
     "SegmentInfo",
     "SegmentNotFoundError",

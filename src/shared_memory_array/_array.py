@@ -14,7 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _cache, _compat, _layout, _names, _segment
-from ._errors import ClosedHandleError, LayoutError, NotOwnerError
+from ._errors import (
+    ClosedHandleError,
+    ForeignHostError,
+    LayoutError,
+    NotOwnerError,
+    SegmentNotFoundError,
+)
+from ._host import host_key
 from ._layout import Layout, Region, ShapeLike
 from ._segment import Bytes, Identity
 
@@ -110,6 +117,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _identity: Identity | None = None  # which segment the name meant when mapped
     _array: npt.NDArray[Any] | None = None  # built by the first as_array()
     _readonly = False
+    _host: str | None = None  # host key of the process that pickled it (None: this one)
     _reduced: tuple[Any, ...] | None = None  # what __reduce__ returns, once built
 
     _name: str
@@ -416,6 +424,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         handle._region = region
         handle._identity = self._identity
         handle._readonly = self._readonly
+        handle._host = self._host
         return handle
 
     def _attach_lazily(self) -> npt.NDArray[Any] | None:
@@ -425,7 +434,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._closed:
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         name = self._name  # validated by the cache before anything is opened
-        mapped = _cache.attach(name, self._identity, readonly=self._readonly)
+        try:
+            mapped = _cache.attach(name, self._identity, readonly=self._readonly)
+        except SegmentNotFoundError as exc:
+            raise self._foreign_or(exc) from None
         if mapped.identity != self._identity:  # the pickle had none (Windows)
             self._identity, self._reduced = mapped.identity, None
         found, wanted = mapped.layout, self._layout
@@ -444,6 +456,20 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         self._reduced = None
         self._mapped = mapped.segment
         return None
+
+    def _foreign_or(self, exc: SegmentNotFoundError) -> SegmentNotFoundError:
+        """`ForeignHostError` if this handle was pickled on another host, else ``exc``."""
+        here = host_key()
+        if self._host is None or self._host == here:
+            return exc
+        return ForeignHostError(
+            f"shared array {self._name!r} lives on another host ({self._host}), not on this "
+            f"one ({here}): shared memory never crosses hosts; use "
+            "shared_memory_array.dask.publish() to place a copy on every host",
+            segment=self._name,
+            host=here,
+            hosts=(self._host,),
+        )
 
     def __array__(
         self, dtype: npt.DTypeLike | None = None, copy: bool | None = None
@@ -569,8 +595,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             # A plain dtype travels as its string: pickling a dtype object costs
             # about 4 us.
             token = dtype.str if dtype.names is None and not dtype.metadata else dtype
-            args = (self._name, shape, token, fortran, region)
-            reduced = self._reduced = (_rebuild, (*args, self._identity, self._readonly))
+            args = (self._name, shape, token, fortran, region, self._identity, self._readonly)
+            host = self._host or host_key()
+            reduced = self._reduced = (_rebuild, (*args, host))
         return reduced
 
     def readonly(self) -> SharedMemoryArray[_ScalarT_co]:
@@ -580,7 +607,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         arrays cannot be written or made writeable in any process.
         """
         shape, dtype, fortran, _ = self._layout
-        return _rebuild(self._name, shape, dtype, fortran, self._region, self._identity, True)
+        handle = _rebuild(self._name, shape, dtype, fortran, self._region, self._identity, True)
+        handle._host = self._host
+        return handle
 
     def lock(
         self,
@@ -752,6 +781,7 @@ def _rebuild(
     region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
     identity: Identity | None = None,
     readonly: bool = False,
+    host: str | None = None,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
     layout = Layout(shape, _dtype(dtype), fortran, 0)
@@ -760,6 +790,7 @@ def _rebuild(
         handle._region = Region(*region)
     handle._identity = identity
     handle._readonly = readonly
+    handle._host = host
     return handle
 
 

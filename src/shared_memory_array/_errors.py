@@ -5,6 +5,8 @@ segment exists yet) and subclasses the builtin that code already catches::
 
     SharedMemoryArrayError(Exception)
     ├── SegmentNotFoundError(FileNotFoundError)
+    │   ├── ForeignHostError
+    │   └── ReleasedError
     ├── SegmentExistsError(FileExistsError)
     ├── NotOwnerError(PermissionError)
     ├── OutOfSharedMemoryError(OSError, MemoryError)
@@ -25,11 +27,13 @@ import errno
 
 __all__ = [
     "ClosedHandleError",
+    "ForeignHostError",
     "InvalidNameError",
     "LayoutError",
     "LockTimeoutError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
+    "ReleasedError",
     "SegmentExistsError",
     "SegmentNotFoundError",
     "SharedMemoryArrayError",
@@ -57,6 +61,38 @@ class SegmentNotFoundError(SharedMemoryArrayError, FileNotFoundError):
     def __init__(self, message: str, *, segment: str | None = None) -> None:
         super().__init__(message, segment=segment)
         self.errno = errno.ENOENT
+
+
+class ForeignHostError(SegmentNotFoundError):
+    """The handle names a segment on another host: shared memory never crosses machines.
+
+    Raised at first use of a handle pickled on one host (or in one container with
+    its own ``/dev/shm``) and unpickled on another.  Publish the array on every host
+    instead (`shared_memory_array.dask.publish`).
+
+    Attributes
+    ----------
+    host : str
+        The host key of the process that raised (see `shared_memory_array.dask.host_key`).
+    hosts : tuple of str
+        The host keys that hold a copy of the array.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        segment: str | None = None,
+        host: str = "",
+        hosts: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, segment=segment)
+        self.host = host
+        self.hosts = hosts
+
+
+class ReleasedError(SegmentNotFoundError):
+    """A published array's copy on this host was released (or every worker here left)."""
 
 
 class SegmentExistsError(SharedMemoryArrayError, FileExistsError):

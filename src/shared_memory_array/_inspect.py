@@ -7,6 +7,7 @@ other users' and other programs' shared memory is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -43,8 +44,8 @@ class SegmentInfo:
     creator_alive, keeper_alive : bool
         Whether those processes are running.
     mapped_by : list of int
-        Processes that map the segment now (those whose ``/proc/<pid>/maps`` this
-        user may read).
+        Processes that map the segment or hold it open now (those whose
+        ``/proc/<pid>`` this user may read).
     """
 
     name: str
@@ -62,7 +63,7 @@ class SegmentInfo:
     @property
     def abandoned(self) -> bool:
         """Whether nobody will unlink it or uses it: its keeper is known and dead,
-        its creator is dead, and no process maps it."""
+        its creator is dead, and no process maps it or holds it open."""
         return (
             self.keeper_pid != 0
             and not self.keeper_alive
@@ -92,7 +93,11 @@ def _alive(pid: int) -> bool:
 
 
 def _mappers() -> dict[str, list[int]]:
-    """Map each /dev/shm name to the pids that have it mapped."""
+    """Map each /dev/shm name to the pids that have it mapped or open.
+
+    Open counts too: Dask workers hold the published copies of their host by an
+    open descriptor (see ``_hostcopy``) before they map them.
+    """
     prefix = _segment.SHM_DIR + "/"
     found: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -100,14 +105,15 @@ def _mappers() -> dict[str, list[int]]:
             continue
         try:
             with open(f"/proc/{entry}/maps") as maps:
-                names = {
-                    line.split(prefix, 1)[1].split(" (deleted)")[0].rstrip("\n")
-                    for line in maps
-                    if prefix in line
-                }
+                paths = {line.split(prefix, 1)[1].rstrip("\n") for line in maps if prefix in line}
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
+                    if target.startswith(prefix):
+                        paths.add(target[len(prefix) :])
         except OSError:  # gone, or not ours to read
             continue
-        for name in names:
+        for name in {path.split(" (deleted)")[0] for path in paths}:
             found.setdefault(name, []).append(int(entry))
     return found
 
@@ -192,8 +198,9 @@ def clean_segments(dry_run: bool = False) -> list[SegmentInfo]:
 
     A segment is abandoned when the process that made it and the process that was
     to unlink it (itself, or a manager's server) are both dead and no process maps
-    it: typically what a process killed with SIGKILL leaves behind when its
-    resource tracker died with it.  Segments of other users, or not made by this
+    it or holds it open: typically what a process killed with SIGKILL leaves behind
+    when its resource tracker died with it, or a published array's copy on a host
+    whose workers all crashed.  Segments of other users, or not made by this
     library, are never touched.
 
     Parameters

@@ -1,0 +1,39 @@
+"""Which shared memory a process sees: the key that tells one host from another.
+
+Two processes can share a segment only if they see the same ``/dev/shm``: same
+kernel and same mount.  Hostnames and IP addresses do not tell that (containers on
+one kernel may share a hostname but not ``/dev/shm``, or the reverse), so a host
+is keyed by the kernel's boot id plus the device number of the shared memory
+filesystem.  Two machines can have the same device number, never the same boot id.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+from . import _segment
+
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"  # Linux: random, fresh at every boot
+
+
+@functools.cache
+def host_key() -> str:
+    """Return the key of the shared memory this process sees: ``'<boot id>:<device>'``.
+
+    Processes with equal keys can attach each other's segments.  On Linux it is the
+    kernel's boot id and the device number of ``/dev/shm`` (so containers with a
+    private ``/dev/shm`` count as hosts of their own); elsewhere the hostname stands
+    in for the boot id.
+    """
+    try:
+        with open(_BOOT_ID) as boot_id:
+            boot = boot_id.read().strip()
+    except OSError:
+        boot = socket.gethostname()
+    try:
+        device = os.stat(_segment.SHM_DIR).st_dev
+    except OSError:
+        device = 0
+    return f"{boot}:{device:x}"

@@ -1,0 +1,160 @@
+"""Per-host copies of a published array, kept alive by the processes that use them.
+
+A copy published on a host (`shared_memory_array.dask.publish`) has no owner
+handle: ownership must not ride on a value that a scheduler copies, moves or
+drops.  Instead every member process of the host (a Dask worker, once the plugin
+enrolled it) *joins* the copy: it keeps a descriptor of the segment open with a
+shared ``flock`` on it.  When a member leaves (worker teardown), it drops its lock
+and tries for an exclusive one without waiting: it gets it only if no other
+process still holds the copy, and then it unlinks the segment.  The kernel drops
+the locks of a process that dies, so a crashed worker never keeps a copy alive,
+and a copy whose every holder crashed has a dead creator, no holder and no
+mapping: the CLI's ``clean`` sweep removes it.  `release` unlinks at once,
+holders or not; arrays already taken stay valid until they are gone.
+
+``flock`` locks are separate from the ``fcntl`` record locks of ``handle.lock()``
+on Linux, so the two never interfere.
+"""
+
+from __future__ import annotations
+
+import _posixshmem
+import fcntl
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import _cache, _layout, _names, _segment
+from ._array import _pieces
+from ._segment import Identity
+
+_lock = threading.Lock()
+_held: dict[str, tuple[int, Identity]] = {}  # name -> (descriptor with a shared flock, identity)
+_member = False
+
+
+def _after_fork_in_child() -> None:
+    # The child's descriptors share the parent's open file descriptions, and with
+    # them its locks: unlocking one here would unlock the parent.  Close them
+    # unlocked (the parent's descriptors keep the locks) and leave membership to
+    # the parent.
+    global _lock, _member
+    _lock = threading.Lock()
+    _member = False
+    for fd, _ in _held.values():
+        os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def enrol() -> None:
+    """Make this process a member of its host: it joins the copies it uses."""
+    global _member
+    _member = True
+
+
+def is_member() -> bool:
+    return _member
+
+
+def _leads_to(name: str, identity: Identity) -> bool:
+    current = _segment.identity(name)
+    return current is not None and current[:2] == identity[:2]
+
+
+def create(data: np.ndarray[Any, Any], fortran: bool) -> tuple[str, Identity]:
+    """Copy ``data`` into a new segment of no owner and return its name and identity.
+
+    The copy is laid out in Fortran order if ``fortran`` (and has 2 or more
+    dimensions), else in C order.  A member joins it at once; any other process
+    must hand it to members.
+    """
+    dims, dtype = _layout.normalize(data.shape, data.dtype)
+    fortran = fortran and len(dims) > 1
+    pid = os.getpid()
+    header, offset = _layout.encode(dims, dtype, fortran, pid, pid)
+    layout = _layout.Layout(dims, dtype, fortran, offset)
+    name = _names.generate()
+    mapped = _cache.create(
+        name, offset + layout.nbytes, _pieces(header, offset, data, fortran), layout, filled=True
+    )
+    _cache.forget(name)  # the mapping goes with ``mapped``; tasks attach read-only
+    assert mapped.identity is not None  # POSIX segments always have one
+    if _member:
+        join(name, mapped.identity)
+    return name, mapped.identity
+
+
+def join(name: str, identity: Identity) -> bool:
+    """Hold copy ``name`` until `leave`; return False if it is gone."""
+    with _lock:
+        if name in _held:
+            return True
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
+        except FileNotFoundError:
+            return False
+        try:
+            # Waits only while a leaving member holds the exclusive lock to unlink.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != identity[:2] or not _leads_to(name, identity):
+                os.close(fd)  # another segment took the name, or it was just unlinked
+                return False
+        except BaseException:
+            os.close(fd)
+            raise
+        _held[name] = (fd, identity)
+        return True
+
+
+def leave(name: str) -> bool:
+    """Stop holding copy ``name``; unlink it if no other process holds it.
+
+    Returns whether it was unlinked.
+    """
+    with _lock:
+        entry = _held.pop(name, None)
+    if entry is None:
+        return False
+    fd, identity = entry
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another process holds it: the last one to leave unlinks
+        if not _leads_to(name, identity):
+            return False
+        _segment.unlink(name)
+        _cache.forget(name)
+        return True
+    finally:
+        os.close(fd)
+
+
+def leave_all() -> list[str]:
+    """`leave` every held copy; return the names this process unlinked."""
+    with _lock:
+        names = list(_held)
+    return [name for name in names if leave(name)]
+
+
+def release(name: str, identity: Identity) -> bool:
+    """Unlink copy ``name`` now, whoever holds it; return False if it was gone."""
+    with _lock:
+        entry = _held.pop(name, None)
+    if entry is not None:
+        os.close(entry[0])
+    _cache.forget(name)
+    return _leads_to(name, identity) and _segment.unlink(name)
+
+
+def held() -> list[str]:
+    """Names of the copies this process holds."""
+    with _lock:
+        return sorted(_held)

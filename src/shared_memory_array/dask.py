@@ -1,0 +1,311 @@
+"""One shared copy of an array per host for Dask distributed.
+
+``client.scatter(array, broadcast=True)`` gives every worker process a private copy
+of the array.  `publish` instead places one read-only copy in shared memory on
+each host that runs workers and returns a `PublishedArray`: a small value tasks
+take as a plain argument, and that gives each task a zero-copy view of its own
+host's copy::
+
+    from shared_memory_array.dask import publish
+
+    published = publish(client, weights)          # one copy per host
+    futures = client.map(score, batches, weights=published)
+    ...                                           # in score(): weights.as_array()
+    published.release()                           # or: with publish(...) as published:
+
+Needs the ``dask`` extra (``pip install 'shared-memory-array[dask]'``).  See
+docs/cluster.md for how copies are kept and cleaned up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    from distributed import Client, get_client
+    from distributed.core import Status
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+    raise ImportError(
+        "shared_memory_array.dask needs Dask distributed: pip install 'shared-memory-array[dask]'"
+    ) from exc
+
+from . import _hostcopy, _layout
+from ._array import SharedMemoryArray, _dtype, _is_fortran, _rebuild
+from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
+from ._host import host_key
+from ._segment import Identity
+
+__all__ = ["PublishedArray", "SharedMemoryArrayPlugin", "host_key", "publish"]
+
+PLUGIN_NAME = "shared-memory-array"
+_Copies = Mapping[str, tuple[str, Identity]]  # host key -> (segment name, identity)
+
+
+class SharedMemoryArrayPlugin(WorkerPlugin):
+    """Makes each worker hold the published copies it uses, and free them on teardown.
+
+    `publish` registers it; registering it again does nothing.  A worker holds a
+    copy from `publish` (or from its first use, for workers that joined later) until
+    it closes; the last worker of a host to close unlinks the host's copy.
+    """
+
+    idempotent = True  # distributed >= 2023.9: registering again is a no-op
+    name = PLUGIN_NAME
+
+    def setup(self, worker: Any) -> None:
+        _hostcopy.enrol()
+
+    def teardown(self, worker: Any) -> None:
+        # Older distributed replace a plugin registered again by tearing it down
+        # on a running worker: only a closing worker lets go of its copies.
+        if getattr(worker, "status", None) in (Status.running, Status.paused):
+            return
+        _hostcopy.leave_all()
+
+
+class PublishedArray:
+    """A read-only array with one copy in shared memory on each host of a Dask cluster.
+
+    Made by `publish`.  It pickles to the segment name of each host's copy, so
+    passing it to tasks costs the same whatever the array's size; unpickling it
+    touches no shared memory.  In a task, `as_array` (or calling it) returns a
+    zero-copy, read-only view of the copy on the task's host.  Dropping it, or
+    letting Dask copy or forget it, never frees anything: `release` does.
+    """
+
+    def __init__(
+        self,
+        copies: _Copies,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        fortran: bool,
+        client: Client | None = None,
+    ) -> None:
+        self._copies = dict(copies)
+        self._shape = shape
+        self._dtype = dtype
+        self._fortran = fortran
+        self._client = client  # the publishing process's client; never pickled
+        self._handle: SharedMemoryArray[Any] | None = None
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """The segment name of the copy on each host, by host key (see `host_key`)."""
+        return {host: name for host, (name, _) in self._copies.items()}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Data type of the array."""
+        return self._dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the array in bytes (of each host's copy)."""
+        return _layout.count(self._shape) * self._dtype.itemsize
+
+    def handle(self) -> SharedMemoryArray[Any]:
+        """Return a read-only handle to this host's copy.
+
+        It works like any attached handle: pass it to local processes
+        (``multiprocessing``, joblib) on this host.
+
+        Raises
+        ------
+        ForeignHostError
+            This host holds no copy (it ran no worker when the array was published).
+        """
+        handle = self._handle
+        if handle is None:
+            here = host_key()
+            copy = self._copies.get(here)
+            if copy is None:
+                raise ForeignHostError(
+                    f"no copy of this published array on this host ({here}): copies were "
+                    f"placed on the hosts that ran workers at publish() time "
+                    f"({', '.join(sorted(self._copies)) or 'none'}); publish it again to "
+                    "include hosts added since",
+                    host=here,
+                    hosts=tuple(sorted(self._copies)),
+                )
+            name, identity = copy
+            handle = self._handle = _rebuild(
+                name, self._shape, self._dtype, self._fortran, None, identity, True
+            )
+        return handle
+
+    def as_array(self) -> npt.NDArray[Any]:
+        """Return a read-only, zero-copy view of this host's copy.
+
+        Raises
+        ------
+        ForeignHostError
+            This host holds no copy.
+        ReleasedError
+            The copy was released (`release`, or every worker of this host closed).
+        """
+        handle = self.handle()
+        name, identity = self._copies[host_key()]
+        if _hostcopy.is_member():  # a worker that joined the cluster after publish()
+            _hostcopy.join(name, identity)
+        try:
+            return handle.as_array()
+        except SegmentNotFoundError:
+            raise ReleasedError(
+                f"published array {name!r} was released on this host ({host_key()}): by "
+                "release(), or because every worker of this host closed",
+                segment=name,
+            ) from None
+
+    __call__ = as_array
+
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> Any:
+        array = self.as_array()
+        return np.array(array, dtype=dtype) if copy else np.asarray(array, dtype=dtype)
+
+    def release(self, client: Client | None = None) -> None:
+        """Unlink every host's copy now.  Idempotent.
+
+        Views already taken stay valid until they are gone; new uses raise
+        `ReleasedError`.
+
+        Parameters
+        ----------
+        client : distributed.Client, optional
+            The client to reach the workers with; by default the one given to
+            `publish`, or the current one.
+        """
+        client = client or self._client or get_client()
+        copies = self._copies
+        client.run(_release_on_host, copies)
+        _release_on_host(copies)  # this process's host, if its workers already left
+        self._handle = None
+
+    def __enter__(self) -> PublishedArray:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        token = self._dtype.str if self._dtype.names is None else self._dtype
+        return (_rebuild_published, (self._copies, self._shape, token, self._fortran))
+
+    def __repr__(self) -> str:
+        return f"<PublishedArray shape={self._shape} dtype={self._dtype} hosts={len(self._copies)}>"
+
+
+def _rebuild_published(
+    copies: _Copies, shape: tuple[int, ...], dtype: np.dtype[Any] | str, fortran: bool
+) -> PublishedArray:
+    return PublishedArray(copies, shape, _dtype(dtype), fortran)
+
+
+def publish(
+    client: Client, array: npt.ArrayLike, *, timeout: float | None = None
+) -> PublishedArray:
+    """Place one read-only copy of ``array`` in shared memory on each host that runs workers.
+
+    Hosts are told apart by the shared memory their processes see (`host_key`):
+    two containers on one machine with separate ``/dev/shm`` are two hosts.  The
+    copy for the client's own host is written by the client; each other host gets
+    the array once over the network, into one of its workers, which writes it out
+    and drops its private copy.  Every worker then holds its host's copy until it
+    closes (see `SharedMemoryArrayPlugin`).
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client of the cluster, with its workers started.
+    array : array_like
+        The data; any dtype without object fields.
+    timeout : float, optional
+        Seconds to wait for each remote host's copy.
+
+    Returns
+    -------
+    PublishedArray
+        Pass it to tasks; call ``.as_array()`` in them.  Release it with
+        ``.release()`` or by using it as a context manager.
+
+    Raises
+    ------
+    ValueError
+        The cluster has no workers.
+    OutOfSharedMemoryError
+        A host cannot hold the copy; copies already made are released.
+    """
+    data = np.asarray(array)
+    shape, dtype = _layout.normalize(data.shape, data.dtype)  # refuse object dtypes here
+    fortran = _is_fortran(data)
+    _register_plugin(client)
+    keys: dict[str, str] = client.run(_enrol)
+    if not keys:
+        raise ValueError("the Dask cluster has no workers: start them (client.wait_for_workers)")
+    workers: dict[str, list[str]] = {}
+    for address, key in sorted(keys.items()):
+        workers.setdefault(key, []).append(address)
+    copies: dict[str, tuple[str, Identity]] = {}
+    untyped: Any = client  # Client.scatter has no annotations
+    try:
+        here = host_key()
+        if here in workers:
+            copies[here] = _hostcopy.create(data, fortran)
+        remote = [key for key in workers if key != here]
+        futures = []
+        for key in remote:
+            address = workers[key][0]
+            scattered = untyped.scatter(data, workers=[address], hash=False)
+            made = client.submit(
+                _hostcopy.create, scattered, fortran, workers=[address], pure=False
+            )
+            futures.append((scattered, made))
+        for key, (_, made) in zip(remote, futures):
+            copies[key] = made.result(timeout=timeout)
+        del futures  # the workers drop their private copies
+        client.run(_join_on_host, copies)
+    except BaseException:
+        _release_everywhere(client, copies)
+        raise
+    return PublishedArray(copies, shape, dtype, fortran, client)
+
+
+def _register_plugin(client: Any) -> None:
+    plugin = SharedMemoryArrayPlugin()
+    if hasattr(client, "register_plugin"):  # distributed >= 2023.9.2
+        client.register_plugin(plugin, name=PLUGIN_NAME)
+    else:  # pragma: no cover - older distributed
+        client.register_worker_plugin(plugin, name=PLUGIN_NAME)
+
+
+def _enrol() -> str:
+    _hostcopy.enrol()
+    return host_key()
+
+
+def _join_on_host(copies: _Copies) -> None:
+    copy = copies.get(host_key())
+    if copy is not None:
+        _hostcopy.join(*copy)
+
+
+def _release_on_host(copies: _Copies) -> None:
+    copy = copies.get(host_key())
+    if copy is not None:
+        _hostcopy.release(*copy)
+
+
+def _release_everywhere(client: Client, copies: _Copies) -> None:
+    try:
+        client.run(_release_on_host, copies)
+    finally:
+        _release_on_host(copies)

@@ -1,0 +1,250 @@
+"""Publishing to a Dask cluster on this host: one copy, read-only views, and who frees it.
+
+Two hosts are simulated in test_dask_hosts.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared_memory_array import (
+    ForeignHostError,
+    ReleasedError,
+    SegmentNotFoundError,
+    SharedMemoryArray,
+    UnsupportedDtypeError,
+    _rebuild,
+)
+
+distributed = pytest.importorskip(
+    "distributed", reason="distributed is an optional test dependency"
+)
+smd = pytest.importorskip("shared_memory_array.dask")
+
+SHM = "/dev/shm"
+
+
+def read(published: Any) -> tuple[float, bool, int]:
+    view = published.as_array()
+    return float(view.sum()), bool(view.flags.writeable), os.getpid()
+
+
+def read_and_keep(published: Any, dask_worker: Any) -> int:
+    """Touch every page of this host's copy and keep the view mapped in the worker."""
+    view = published.as_array()
+    float(view.sum())
+    dask_worker._kept_view = view
+    return os.getpid()
+
+
+def drop_kept(dask_worker: Any) -> None:
+    del dask_worker._kept_view
+
+
+def pss_bytes() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no Pss line")
+
+
+def identity(value: Any) -> Any:
+    return value
+
+
+def segments(name: str) -> bool:
+    return os.path.exists(os.path.join(SHM, name))
+
+
+def only_name(published: Any) -> str:
+    [name] = published.hosts.values()
+    return name
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def data() -> np.ndarray:
+    return np.arange(30_000.0).reshape(300, 100)
+
+
+def test_publish_places_one_copy_that_every_worker_reads_read_only(client, data):
+    before = set(os.listdir(SHM))
+    with smd.publish(client, data) as published:
+        assert list(published.hosts) == [smd.host_key()]
+        made = set(os.listdir(SHM)) - before
+        assert made == {only_name(published)}
+        results = client.gather(client.map(read, [published] * 8, pure=False))
+        assert {total for total, _, _ in results} == {float(data.sum())}
+        assert not any(writeable for _, writeable, _ in results)
+        assert len({pid for _, _, pid in results}) == 2
+        # the client's own host holds the copy too
+        np.testing.assert_array_equal(published.as_array(), data)
+        np.testing.assert_array_equal(np.asarray(published), data)
+    assert not segments(only_name(published))
+
+
+def test_fortran_and_structured_arrays_keep_their_layout(client):
+    fortran = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    records = np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "<i4"), ("b", ">f8")])
+    for array in (fortran, records):
+        with smd.publish(client, array) as published:
+            view = client.submit(lambda p: p.as_array().copy(order="K"), published).result()
+            np.testing.assert_array_equal(view, array)
+            assert view.dtype == array.dtype
+            assert view.flags.f_contiguous == array.flags.f_contiguous
+
+
+def test_four_workers_add_at_most_one_point_one_times_the_array_in_pss():
+    array = np.random.default_rng(0).random(16 * 1024 * 1024 // 8 * 8)  # 128 MiB
+    with (
+        distributed.LocalCluster(
+            n_workers=4, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.run(gc.collect)
+        before = sum(client.run(pss_bytes).values())
+        with smd.publish(client, array) as published:
+            pids = client.run(read_and_keep, published)
+            assert len(set(pids.values())) == 4
+            client.run(gc.collect)
+            added = sum(client.run(pss_bytes).values()) - before
+            client.run(drop_kept)
+    assert added <= 1.1 * array.nbytes, f"workers added {added / array.nbytes:.2f}x the array"
+
+
+def test_release_frees_every_copy_and_later_use_raises_released_error(client, data):
+    published = smd.publish(client, data)
+    name = only_name(published)
+    published.release()
+    assert not segments(name)
+    error = client.submit(read, published, pure=False).exception(timeout=60)
+    assert isinstance(error, ReleasedError)
+    assert isinstance(error, FileNotFoundError)
+    assert error.segment == name
+    assert "released" in str(error)
+    published.release()  # idempotent
+
+
+def test_closing_the_cluster_frees_the_copies_its_workers_held(data):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        published = smd.publish(client, data)
+        client.gather(client.map(read, [published] * 4, pure=False))
+        name = only_name(published)
+        assert segments(name)
+    deadline = time.monotonic() + 10
+    while segments(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not segments(name)
+
+
+def test_dropping_dask_results_and_replicas_never_frees_the_copy(client, data):
+    with smd.publish(client, data) as published:
+        future = client.submit(identity, published, pure=False)
+        future.result()
+        client.replicate([future])
+        del future
+        client.run(gc.collect)
+        gc.collect()
+        time.sleep(0.5)
+        assert segments(only_name(published))
+        results = client.gather(client.map(read, [published] * 4, pure=False))
+        assert {total for total, _, _ in results} == {float(data.sum())}
+
+
+def test_a_killed_worker_never_takes_the_copy_along(client, data):
+    with smd.publish(client, data) as published:
+        client.gather(client.map(read, [published] * 4, pure=False))
+        pids = client.run(os.getpid)
+        address, victim = sorted(pids.items())[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the nanny starts a new worker
+            workers = client.scheduler_info()["workers"]
+            if len(workers) == 2 and address not in workers:
+                break
+            time.sleep(0.1)
+        assert victim not in client.run(os.getpid).values()
+        assert segments(only_name(published))
+        results = client.gather(client.map(read, [published] * 6, pure=False))
+        assert {total for total, _, _ in results} == {float(data.sum())}
+
+
+def test_publishing_again_keeps_earlier_copies(client, data):
+    with smd.publish(client, data) as first, smd.publish(client, data * 2) as second:
+        assert only_name(first) != only_name(second)
+        totals = client.gather(client.map(read, [first, second], pure=False))
+        assert [total for total, _, _ in totals] == [float(data.sum()), float(2 * data.sum())]
+
+
+def test_the_published_value_pickles_small_and_unpickles_without_shared_memory(client, data):
+    published = smd.publish(client, data)
+    published.release()
+    payload = pickle.dumps(published)
+    assert len(payload) < 400
+    again = pickle.loads(payload)  # nothing to attach, and nothing is attempted
+    assert again.shape == data.shape
+    assert again.dtype == data.dtype
+    assert again.hosts == published.hosts
+    with pytest.raises(ReleasedError):
+        again.as_array()
+
+
+def test_a_host_without_a_copy_raises_foreign_host_error(data):
+    elsewhere = smd.PublishedArray(
+        {"other-boot:1f": ("sma_1_0123456789abcdef", (31, 7, 4096))}, (3,), np.dtype("f8"), False
+    )
+    with pytest.raises(ForeignHostError) as raised:
+        elsewhere.as_array()
+    assert raised.value.host == smd.host_key()
+    assert raised.value.hosts == ("other-boot:1f",)
+    assert "other-boot:1f" in str(raised.value)
+
+
+def test_a_plain_handle_from_another_host_raises_foreign_host_error():
+    handle = _rebuild("sma_1_0123456789abcdef", (3,), "<f8", False, None, None, False, "b:1f")
+    with pytest.raises(ForeignHostError) as raised:
+        handle.as_array()
+    assert raised.value.hosts == ("b:1f",)
+    assert raised.value.segment == "sma_1_0123456789abcdef"
+    here = _rebuild("sma_1_0123456789abcdef", (3,), "<f8", False, None, None, False, smd.host_key())
+    with pytest.raises(SegmentNotFoundError) as raised_here:
+        here.as_array()
+    assert not isinstance(raised_here.value, ForeignHostError)
+
+
+def test_a_plain_handle_pickled_here_carries_this_host():
+    with SharedMemoryArray.copy(None, np.ones(3)) as shared:
+        again = pickle.loads(pickle.dumps(shared))
+        assert float(again.as_array().sum()) == 3.0
+        assert again._host == smd.host_key()
+
+
+def test_publish_refuses_object_arrays_before_sending_anything(client):
+    with pytest.raises(UnsupportedDtypeError):
+        smd.publish(client, np.array([object()]))

@@ -185,9 +185,7 @@ class PublishedArray:
             `publish`, or the current one.
         """
         client = client or self._client or get_client()
-        copies = self._copies
-        client.run(_release_on_host, copies)
-        _release_on_host(copies)  # this process's host, if its workers already left
+        _release_everywhere(client, self._copies)
         self._handle = None
 
     def __enter__(self) -> PublishedArray:
@@ -306,6 +304,8 @@ def _release_on_host(copies: _Copies) -> None:
 
 def _release_everywhere(client: Client, copies: _Copies) -> None:
     try:
-        client.run(_release_on_host, copies)
+        # A worker lost meanwhile is no reason to stop: any worker of a host unlinks
+        # that host's copy.
+        client.run(_release_on_host, copies, on_error="ignore")
     finally:
-        _release_on_host(copies)
+        _release_on_host(copies)  # this process's host, if its workers already left

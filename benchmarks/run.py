@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/run.py           # the full run, about 5 to 10 minutes
     python benchmarks/run.py --quick   # a smoke run with small sizes, under a minute
+    python benchmarks/run.py --sections dask --merge   # redo one section in RESULTS.md
 
 Every section times this library and each peer in the same process and the same
 run, interleaving the methods repetition by repetition, and reports the median with
@@ -33,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -84,6 +85,10 @@ class Config:
     rowsum_shape: tuple[int, int]
     rowsum_reps: int
     bandwidth_mb: int
+    dask_mb: int
+    dask_workers: int
+    dask_pss_reps: int
+    dask_time_reps: int
 
 
 FULL = Config(
@@ -105,6 +110,10 @@ FULL = Config(
     rowsum_shape=(10_000, 10_000),
     rowsum_reps=9,
     bandwidth_mb=400,
+    dask_mb=400,
+    dask_workers=4,
+    dask_pss_reps=3,
+    dask_time_reps=7,
 )
 
 QUICK = Config(
@@ -126,6 +135,10 @@ QUICK = Config(
     rowsum_shape=(2000, 4000),
     rowsum_reps=3,
     bandwidth_mb=32,
+    dask_mb=16,
+    dask_workers=4,
+    dask_pss_reps=1,
+    dask_time_reps=2,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -278,6 +291,7 @@ class Target:
     limit: float
     at_most: bool  # True: measured must be <= limit; False: >= limit
     how: str
+    section: str  # the letter of the section that measures it
 
     def verdict(self) -> str:
         """``met`` with the margin, or ``missed by`` how much."""
@@ -1559,6 +1573,333 @@ def bench_rowsum(config: Config, ctx: Any, report: Report) -> None:
     report.add(section)
 
 
+# --------------------------------------------------------------------------- f. dask
+
+DASK_TITLE = "f. Dask: publish() against scatter(broadcast=True)"
+DASK_PUBLISH = "**ours**: publish(client, a)"
+DASK_SCATTER = "scatter(a, broadcast=True)"
+DASK_SCATTER_UNHASHED = "scatter(a, broadcast=True, hash=False)"
+DASK_WAIT = 60.0  # seconds to wait for a released scattered array to leave every worker
+
+
+def dask_sum(data: Any, keep: bool) -> tuple[float, int]:
+    """Dask task: sum the whole array (scattered, or a PublishedArray's view); maybe keep it.
+
+    A kept array stays referenced by the worker until `dask_drop_kept`.
+    """
+    from distributed import get_worker
+
+    array = data.as_array() if hasattr(data, "as_array") else data
+    if keep:
+        worker = get_worker()
+        worker._smabench_kept = [*getattr(worker, "_smabench_kept", []), array]
+    return float(array.sum()), os.getpid()
+
+
+def dask_drop_kept(dask_worker: Any) -> None:
+    """``client.run`` function: drop what `dask_sum` kept, then collect garbage."""
+    dask_worker.__dict__.pop("_smabench_kept", None)
+    gc.collect()
+
+
+def dask_holds(key: Any, dask_worker: Any) -> bool:
+    """``client.run`` function: whether this worker still stores ``key``."""
+    return key in dask_worker.data
+
+
+def shm_used() -> int:
+    """Bytes in use in /dev/shm (by anyone: other processes' segments count too)."""
+    stat = os.statvfs(SHM_DIR)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+@contextlib.contextmanager
+def dask_cluster(distributed: ModuleType, workers: int) -> Iterator[Any]:
+    """A fresh ``LocalCluster`` of single-threaded worker processes, and its client."""
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(
+            distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        )
+        client = stack.enter_context(distributed.Client(cluster))
+        client.wait_for_workers(workers)
+        yield client
+
+
+def _dask_hand_off(client: Any, smd: ModuleType, how: str, data: np.ndarray[Any, Any]) -> Any:
+    if how == DASK_PUBLISH:
+        return smd.publish(client, data)
+    return client.scatter(data, broadcast=True, hash=how != DASK_SCATTER_UNHASHED)
+
+
+def _dask_round(
+    client: Any, handed: Any, addresses: Sequence[str], expected: float, keep: bool
+) -> None:
+    """One task per worker, pinned to it, each summing the whole array; checks the sums."""
+    futures = [
+        client.submit(
+            dask_sum, handed, keep, workers=[address], allow_other_workers=False, pure=False
+        )
+        for address in addresses
+    ]
+    answers = client.gather(futures)
+    if any(total != expected for total, _pid in answers):
+        raise AssertionError(f"a Dask task summed {answers}, not {expected}")
+    if len({pid for _total, pid in answers}) != len(addresses):
+        raise AssertionError(f"the tasks did not run one per worker process: {answers}")
+
+
+def _dask_release(client: Any, how: str, handed: Any) -> None:
+    """Free a hand-off and wait until every worker has let go of it."""
+    if how == DASK_PUBLISH:
+        handed.release()
+    else:
+        key = handed.key
+        handed.release()
+        deadline = time.monotonic() + DASK_WAIT
+        while any(client.run(dask_holds, key).values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers still hold the released {key!r}")
+            time.sleep(0.05)
+    client.run(gc.collect)
+
+
+def _dask_warm_up(client: Any, smd: ModuleType, addresses: Sequence[str]) -> None:
+    """Run both hand-offs once on a small array: imports, plugin registration, pickling."""
+    small = np.arange(1000.0)
+    for how in (DASK_PUBLISH, DASK_SCATTER):
+        handed = _dask_hand_off(client, smd, how, small)
+        _dask_round(client, handed, addresses, float(small.sum()), keep=False)
+        _dask_release(client, how, handed)
+
+
+def _dask_pss(
+    distributed: ModuleType,
+    smd: ModuleType,
+    how: str,
+    data: np.ndarray[Any, Any],
+    expected: float,
+    workers: int,
+) -> tuple[int, int, int, int]:
+    """One measurement in a fresh cluster; all in bytes.
+
+    Returns the PSS the hand-off and one task per worker (each summing the whole
+    array and keeping it) added to the workers together and to this process (the
+    client, which also runs the scheduler), the growth of /dev/shm, and the PSS
+    of the idle workers before the hand-off.
+    """
+    with dask_cluster(distributed, workers) as client:
+        pids: dict[str, int] = client.run(os.getpid)
+        addresses = sorted(pids)
+        _dask_warm_up(client, smd, addresses)
+        gc.collect()
+        idle = sum(pss_bytes(pids[address]) for address in addresses)
+        client_before, shm_before = pss_bytes(os.getpid()), shm_used()
+        handed = _dask_hand_off(client, smd, how, data)
+        try:
+            if how != DASK_PUBLISH:
+                holders = client.who_has([handed])[handed.key]
+                if len(holders) != workers:
+                    raise AssertionError(f"scatter(broadcast=True) reached {holders} only")
+            _dask_round(client, handed, addresses, expected, keep=True)
+            client.run(gc.collect)
+            gc.collect()
+            added = sum(pss_bytes(pids[address]) for address in addresses) - idle
+            client_added = pss_bytes(os.getpid()) - client_before
+            shm_added = shm_used() - shm_before
+        finally:
+            client.run(dask_drop_kept)
+            _dask_release(client, how, handed)
+    return added, client_added, shm_added, idle
+
+
+def _dask_times(
+    distributed: ModuleType, smd: ModuleType, config: Config, data: np.ndarray[Any, Any]
+) -> dict[str, list[tuple[float, float, float]]]:
+    """Per hand-off, (hand-off, first round, second round) seconds of each repetition.
+
+    One cluster for all; the hand-offs alternate their order repetition by repetition,
+    and each is freed (and gone from every worker) before the next starts.
+    """
+    hows = [DASK_PUBLISH, DASK_SCATTER, DASK_SCATTER_UNHASHED]
+    samples: dict[str, list[tuple[float, float, float]]] = {how: [] for how in hows}
+    with dask_cluster(distributed, config.dask_workers) as client:
+        addresses = sorted(client.run(os.getpid))
+        _dask_warm_up(client, smd, addresses)
+        for rep in range(config.dask_time_reps + 1):  # repetition 0: untimed warm-up
+            data[0, 0] = float(rep)  # a new token each time: hashed scatters never reuse a key
+            expected = float(data.sum())
+            for how in hows if rep % 2 else hows[::-1]:
+                gc.collect()
+                start = time.perf_counter()
+                handed = _dask_hand_off(client, smd, how, data)
+                handed_at = time.perf_counter()
+                try:
+                    _dask_round(client, handed, addresses, expected, keep=False)
+                    first_at = time.perf_counter()
+                    _dask_round(client, handed, addresses, expected, keep=False)
+                    second_at = time.perf_counter()
+                finally:
+                    _dask_release(client, how, handed)
+                    del handed
+                if rep:
+                    samples[how].append(
+                        (handed_at - start, first_at - handed_at, second_at - first_at)
+                    )
+            print(f"[f] timing repetition {rep}/{config.dask_time_reps} done", flush=True)
+    return samples
+
+
+def bench_dask(config: Config, report: Report) -> None:
+    """Section f: publish() against scatter(broadcast=True) on a Dask LocalCluster."""
+    try:
+        distributed = importlib.import_module("distributed")
+        smd = importlib.import_module("shared_memory_array.dask")
+    except ImportError as exc:
+        report.add(Section(DASK_TITLE, [f"Not run: Dask distributed is {NOT_INSTALLED} ({exc})."]))
+        return
+    workers = config.dask_workers
+    rows = rows_for(config.dask_mb)
+    # random whole numbers: incompressible, and summed exactly in any order or alignment
+    data = np.random.default_rng(0).integers(0, 1 << 20, (rows, COLUMNS)).astype(np.float64)
+    nbytes = data.nbytes
+    expected = float(data.sum())
+    pss: dict[str, list[tuple[int, int, int, int]]] = {DASK_PUBLISH: [], DASK_SCATTER: []}
+    for rep in range(config.dask_pss_reps):
+        for how in list(pss) if rep % 2 == 0 else list(pss)[::-1]:
+            pss[how].append(_dask_pss(distributed, smd, how, data, expected, workers))
+        print(f"[f] PSS repetition {rep + 1}/{config.dask_pss_reps} done", flush=True)
+    times = _dask_times(distributed, smd, config, data)
+    tokenize = importlib.import_module("dask.base").tokenize
+    hashing = [_timed(lambda: tokenize(data))[0] for _ in range(3)]
+
+    def column(samples: Sequence[tuple[float, ...]], index: int) -> list[float]:
+        return [float(sample[index]) for sample in samples]
+
+    pss_rows = []
+    for how, samples in pss.items():
+        added, client_added, shm_added = (column(samples, index) for index in range(3))
+        both = [worker + client for worker, client in zip(added, client_added)]
+        pss_rows.append(
+            [
+                how,
+                fmt_range(added, "", 1 / MIB),
+                fmt_ratio(median(added) / nbytes),
+                fmt_range(client_added, "", 1 / MIB),
+                fmt_ratio(median(both) / nbytes),
+                fmt_range(shm_added, "", 1 / MIB),
+            ]
+        )
+    scatter_handoff = median(column(times[DASK_SCATTER], 0))
+    scatter_total = median([sample[0] + sample[1] for sample in times[DASK_SCATTER]])
+    time_rows = []
+    for how, samples in times.items():
+        handoff = column(samples, 0)
+        total = [sample[0] + sample[1] for sample in samples]
+        time_rows.append(
+            [
+                how,
+                fmt_time(handoff),
+                fmt_ratio(median(handoff) / scatter_handoff),
+                fmt_time(column(samples, 1)),
+                fmt_time(column(samples, 2)),
+                fmt_time(total),
+                fmt_ratio(median(total) / scatter_total),
+            ]
+        )
+    publish_added = median(column(pss[DASK_PUBLISH], 0))
+    scatter_added = median(column(pss[DASK_SCATTER], 0))
+    report.figures["dask_pss"] = publish_added / nbytes
+    report.figures["dask_pss_scatter"] = scatter_added / nbytes
+    idle = column(pss[DASK_PUBLISH] + pss[DASK_SCATTER], 3)
+    versions = ", ".join(f"{name} {_version(name)}" for name in ("dask", "distributed"))
+    method = importlib.import_module("dask").config.get("distributed.worker.multiprocessing-method")
+    section = Section(
+        DASK_TITLE,
+        [
+            f"A `distributed.LocalCluster(n_workers={workers}, threads_per_worker=1, "
+            "processes=True, dashboard_address=None)` (worker processes started with "
+            f"{method}; {versions}) gets a {nbytes / MB:.0f} MB ({nbytes / MIB:.0f} MiB) "
+            f"float64 array of random whole numbers ({rows:,} {TIMES} {COLUMNS:,}) from the client "
+            f"in two ways: `client.scatter(a, broadcast=True)`, which gives every worker "
+            "its own copy, and `shared_memory_array.dask.publish(client, a)`, which "
+            "places one read-only copy in /dev/shm for this host. Then one task per "
+            "worker, pinned to it (`workers=[address]`), sums the whole array: the "
+            "scattered array itself, or `published.as_array()`. Every sum is checked.",
+            "**Memory**: a fresh cluster for every measurement, warmed up with both "
+            "hand-offs of a small array (imports, plugin registration), then the idle "
+            "PSS (`Pss` of `/proc/<pid>/smaps_rollup`) of each process; then the "
+            "hand-off and the tasks, which keep what they summed referenced in their "
+            "worker (and `client.who_has` confirms every worker stores the scattered "
+            "array); after `gc.collect()` everywhere, PSS again. Reported: PSS added, "
+            f"summed over the {workers} worker processes, and separately the client "
+            "process's (it also runs the scheduler, and keeps the source array "
+            "throughout, before the baseline too), and how much /dev/shm grew (a "
+            "segment counts in PSS only while mapped). "
+            f"{config.dask_pss_reps} repetition(s), the two ways alternating.",
+            "**Time**: one cluster, warmed up, then the hand-off (until `scatter` or "
+            "`publish` returns; scatter's default `hash=True` first hashes the whole "
+            "array to name it, so a row without it too), then two rounds of the tasks "
+            "above (without keeping anything): the first pays for mapping and "
+            "faulting in the shared pages, the second is warm. Every hand-off is "
+            "freed and gone from every worker before the next one starts. "
+            f"{config.dask_time_reps} repetitions after an untimed full-size one, the "
+            f"ways interleaved in alternating order; medians with the min{DASH}max range.",
+        ],
+    )
+    section.tables.append(
+        markdown_table(
+            [
+                "hand-off",
+                "workers' PSS added, MiB",
+                f"{TIMES} array",
+                "client's PSS added, MiB",
+                f"workers + client, {TIMES} array",
+                "/dev/shm growth, MiB",
+            ],
+            pss_rows,
+        )
+    )
+    section.tables.append(
+        markdown_table(
+            [
+                "hand-off",
+                "hand-off time",
+                f"{TIMES} scatter",
+                "first round of tasks",
+                "second round",
+                "hand-off + first round",
+                f"{TIMES} scatter",
+            ],
+            time_rows,
+        )
+    )
+    section.notes.append(
+        f"Idle workers before the hand-off: {fmt_range(idle, 'MiB', 1 / MIB)} of PSS "
+        f"together (the baseline subtracted above). publish() adds "
+        f"{publish_added / scatter_added:.2f} of what scatter(broadcast=True) adds to "
+        "the workers."
+    )
+    section.notes.append(
+        "/dev/shm growth is measured for the whole machine: another process making or "
+        "removing segments meanwhile would show in it."
+    )
+    section.notes.append(
+        f"Hashing: `dask.base.tokenize(a)`, which scatter's default `hash=True` runs to "
+        f"name the array, takes {fmt_time(hashing)} here (3 runs); the rest of any gap "
+        "between the two scatter rows is the variation of their transfers (see the "
+        "ranges): the array goes over TCP (loopback) from the client to the scheduler, "
+        f"on to one worker, then from worker to worker until all {workers} hold it."
+    )
+    section.notes.append(
+        "All workers share this one host, so publish() writes the one copy from the "
+        "client itself and sends nothing over the network; on a cluster of several "
+        "hosts each other host gets the array once over the network (not measured here)."
+    )
+    report.add(section)
+
+
 # --------------------------------------------------------------------------- machine facts
 
 
@@ -1602,6 +1943,14 @@ def _load() -> str:
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def _version(name: str) -> str:
+    """Installed version of a distribution, or "not installed"."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return NOT_INSTALLED
+
+
 def machine_facts(
     peers: Peers, ctx: Any, command: str, started: float, load_at_start: str
 ) -> list[tuple[str, str]]:
@@ -1628,6 +1977,7 @@ def machine_facts(
         ("joblib", peers.version("joblib")),
         ("SharedArray", peers.version("SharedArray")),
         ("torch", torch_version),
+        ("dask / distributed", f"{_version('dask')} / {_version('distributed')}"),
         ("/dev/shm", f"tmpfs, {shm.f_blocks * shm.f_frsize / (1 << 30):.1f} GiB"),
         (
             "transparent huge pages",
@@ -1650,6 +2000,7 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             1.15,
             True,
             f"median {MICRO}s per task, section b",
+            "b",
         ),
         Target(
             "hand-off, default chunksize: ours / passing nothing",
@@ -1657,6 +2008,7 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             4.0,
             True,
             f"median {MICRO}s per task, section b",
+            "b",
         ),
         Target(
             "cold attach: ours / raw floor",
@@ -1664,6 +2016,7 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             1.3,
             True,
             "attach(name).as_array() with the cache released, section c",
+            "c",
         ),
         Target(
             f"copy() of {size} MB: ours / stdlib create+copy",
@@ -1671,6 +2024,7 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             0.5,
             True,
             "median time, section a",
+            "a",
         ),
         Target(
             f"copy() of {size} MB: ours / fastest peer",
@@ -1678,6 +2032,7 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             1.0,
             True,
             "below 1 = faster than every installed peer, section a",
+            "a",
         ),
         Target(
             f"PSS, {config.memory_workers} workers reading the array: / array size",
@@ -1686,6 +2041,7 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             True,
             "array-attributable PSS (total minus idle baseline), section d; total "
             f"PSS / array: {fmt_ratio(figures.get('pss_total'))}",
+            "d",
         ),
         Target(
             "two-worker row sum: speedup / bandwidth ideal",
@@ -1693,8 +2049,54 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             0.9,
             False,
             "section e",
+            "e",
+        ),
+        Target(
+            f"Dask, {config.dask_workers} workers reading the array: PSS added by "
+            "publish() / array size",
+            figures.get("dask_pss"),
+            1.1,
+            True,
+            "summed over the worker processes, section f; scatter(broadcast=True) adds "
+            f"{fmt_ratio(figures.get('dask_pss_scatter'))}",
+            "f",
         ),
     ]
+
+
+TARGET_HEADERS = ["target", "limit", "measured", "verdict", "measured as"]
+ONE_RUN = "All figures come from the one run described below; compare ratios within it"
+MERGED_RUNS = (
+    "All figures come from the one run described below, except the sections that "
+    "describe a run of their own (written with `--merge`); compare ratios within one run"
+)
+
+
+def target_rows(targets: Sequence[Target], how_suffix: str = "") -> list[list[str]]:
+    """Cells of the Targets table."""
+    return [
+        [
+            target.label,
+            ("≤ " if target.at_most else "≥ ") + f"{target.limit:g}",
+            fmt_ratio(target.measured),
+            target.verdict(),
+            target.how + how_suffix,
+        ]
+        for target in targets
+    ]
+
+
+def render_section(section: Section, own_run: Sequence[str] = ()) -> list[str]:
+    """Lines of one section; ``own_run`` goes first, under the title."""
+    lines = [f"## {section.title}", "", *own_run]
+    for paragraph in section.intro:
+        lines += [paragraph, ""]
+    for table in section.tables:
+        lines += [*table, ""]
+    lines += [f"- {note}" for note in section.notes]
+    if section.notes:
+        lines.append("")
+    return lines
 
 
 def render_markdown(
@@ -1707,8 +2109,7 @@ def render_markdown(
         "Generated by `benchmarks/run.py`"
         + (" (**--quick smoke run: small sizes, not representative**)" if config.quick else "")
         + "; do not edit by hand. What each table measures: "
-        "[README.md](README.md). All figures come from the one run described below; "
-        "compare ratios within it, not with other runs or machines.",
+        f"[README.md](README.md). {ONE_RUN}, not with other runs or machines.",
         "",
         "## Machine and run",
         "",
@@ -1716,32 +2117,69 @@ def render_markdown(
         "",
         "## Targets",
         "",
-        *markdown_table(
-            ["target", "limit", "measured", "verdict", "measured as"],
-            [
-                [
-                    target.label,
-                    ("≤ " if target.at_most else "≥ ") + f"{target.limit:g}",
-                    fmt_ratio(target.measured),
-                    target.verdict(),
-                    target.how,
-                ]
-                for target in targets
-            ],
-            numeric=False,
-        ),
+        *markdown_table(TARGET_HEADERS, target_rows(targets), numeric=False),
         "",
     ]
     for section in report.sections:
-        lines += [f"## {section.title}", ""]
-        for paragraph in section.intro:
-            lines += [paragraph, ""]
-        for table in section.tables:
-            lines += [*table, ""]
-        lines += [f"- {note}" for note in section.notes]
-        if section.notes:
-            lines.append("")
+        lines += render_section(section)
     return "\n".join(lines)
+
+
+def merge_markdown(
+    existing: str,
+    report: Report,
+    facts: list[tuple[str, str]],
+    targets: list[Target],
+    config: Config,
+) -> str:
+    """``existing`` RESULTS.md with this run's sections and targets put in, the rest kept.
+
+    A section replaces the one of the same title, or is added at the end; it starts
+    with this run's facts and its own targets.  In the Targets table at the top, each
+    target this run measured replaces its row (or is added), marked as a separate run.
+    """
+    lines = existing.rstrip("\n").split("\n")
+    starts = [index for index, line in enumerate(lines) if line.startswith("## ")]
+    if not starts:
+        return render_markdown(report, facts, targets, config)
+    preamble = [line.replace(ONE_RUN, MERGED_RUNS) for line in lines[: starts[0]]]
+    blocks = [lines[start:end] for start, end in zip(starts, [*starts[1:], len(lines)])]
+    quick = " (**--quick smoke run: small sizes, not representative**)" if config.quick else ""
+    for section in report.sections:
+        key = section.title.split(".", 1)[0]
+        own = [target for target in targets if target.section == key]
+        own_run = [
+            f"Measured in a separate run{quick}, described here, and merged into this file "
+            "with `--merge`: compare its figures with each other, not with other sections'.",
+            "",
+            *markdown_table(["", ""], [[k, value] for k, value in facts], numeric=False),
+            "",
+        ]
+        if own:
+            own_run += [*markdown_table(TARGET_HEADERS, target_rows(own), numeric=False), ""]
+        block = render_section(section, own_run)
+        titles = [existing_block[0] for existing_block in blocks]
+        if block[0] in titles:
+            blocks[titles.index(block[0])] = block
+        else:
+            if blocks and blocks[-1][-1] != "":
+                blocks[-1].append("")
+            blocks.append(block)
+        for target in own:
+            if target.measured is None or math.isnan(target.measured):
+                continue
+            [cells] = target_rows([target], f" (separate run: see section {key})")
+            row = "| " + " | ".join(cells) + " |"
+            for existing_block in blocks:
+                if existing_block[0] != "## Targets":
+                    continue
+                rows = [i for i, line in enumerate(existing_block) if line.startswith("| ")]
+                same = [i for i in rows if existing_block[i].startswith(f"| {target.label} |")]
+                if same:
+                    existing_block[same[0]] = row
+                elif rows:
+                    existing_block.insert(rows[-1] + 1, row)
+    return "\n".join([*preamble, *itertools.chain.from_iterable(blocks)]).rstrip("\n")
 
 
 # --------------------------------------------------------------------------- main
@@ -1760,6 +2198,26 @@ def _our_leftovers(before: set[str]) -> list[str]:
     return sorted(name for name in set(os.listdir(SHM_DIR)) - before if name.startswith(mine))
 
 
+SECTIONS = {"a": "share", "b": "handoff", "c": "attach", "d": "memory", "e": "rowsum", "f": "dask"}
+
+
+def parse_sections(text: str) -> str:
+    """Letters of the sections named by ``text``: letters (``ac``) or names (``dask``)."""
+    letters = {name: key for key, name in SECTIONS.items()}
+    keys = ""
+    for token in text.replace(",", " ").split():
+        if token in letters:
+            keys += letters[token]
+        elif set(token) <= set(SECTIONS):
+            keys += token
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown section {token!r}: letters {''.join(SECTIONS)} or names "
+                f"{', '.join(letters)}"
+            )
+    return keys
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1772,8 +2230,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sections",
-        default="abcde",
-        help="which sections to run, e.g. 'ac' (default: abcde)",
+        type=parse_sections,
+        default="".join(SECTIONS),
+        help="which sections to run, by letter or name: e.g. 'ac', 'dask' or 'd,dask' "
+        f"({', '.join(f'{key}={name}' for key, name in SECTIONS.items())}; default: all)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rest of the output file: replace (or add) only this run's sections, "
+        "each with this run's facts, and its targets' rows",
     )
     parser.add_argument(
         "--start-method",
@@ -1810,6 +2276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("c", lambda: bench_attach(config, ctx, report)),
         ("d", lambda: bench_memory(config, peers, ctx, report)),
         ("e", lambda: bench_rowsum(config, ctx, report)),
+        ("f", lambda: bench_dask(config, report)),
     ]
     try:
         for key, step in steps:
@@ -1830,7 +2297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- {target.label}: {fmt_ratio(target.measured)} (limit {target.limit:g}) "
             f"-> {target.verdict()}"
         )
-    output.write_text(render_markdown(report, facts, targets, config) + "\n")
+    if args.merge and output.exists():
+        text = merge_markdown(output.read_text(), report, facts, targets, config)
+    else:
+        text = render_markdown(report, facts, targets, config)
+    output.write_text(text + "\n")
     print(f"\nwrote {output}")
     return 1 if leftovers else 0
 

@@ -248,3 +248,19 @@ def test_a_plain_handle_pickled_here_carries_this_host():
 def test_publish_refuses_object_arrays_before_sending_anything(client):
     with pytest.raises(UnsupportedDtypeError):
         smd.publish(client, np.array([object()]))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_workers_started_by_each_start_method_read_the_copy(method, data):
+    dask = pytest.importorskip("dask")
+    with (
+        dask.config.set({"distributed.worker.multiprocessing-method": method}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        smd.publish(client, data) as published,
+    ):
+        results = client.gather(client.map(read, [published] * 4, pure=False))
+        assert {total for total, _, _ in results} == {float(data.sum())}
+        assert len({pid for _, _, pid in results}) == 2

@@ -111,3 +111,38 @@ def test_attaching_a_sparse_foreign_segment_reserves_it():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["refused", "test_1_b", str(10 * 1024 * 1024)]
+
+
+def test_publishing_more_than_dev_shm_holds_raises_and_leaves_nothing():
+    pytest.importorskip("distributed", reason="distributed is an optional test dependency")
+    result = run_in_small_shm(
+        """
+        import os
+        import numpy as np
+        from distributed import Client, LocalCluster
+        from shared_memory_array import OutOfSharedMemoryError
+        from shared_memory_array.dask import publish
+
+        def segments():  # multiprocessing's semaphores live in /dev/shm too
+            return sorted(name for name in os.listdir("/dev/shm") if name.startswith("sma_"))
+
+        if __name__ == "__main__":
+            with (
+                LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+                Client(cluster) as client,
+            ):
+                try:
+                    publish(client, np.ones((4, 1024, 1024)))
+                except OutOfSharedMemoryError as error:
+                    print(type(error).__name__, error.requested)
+                print(segments())
+                with publish(client, np.ones((1024, 1024))) as published:  # 8 MiB fits
+                    print(client.submit(lambda p: float(p.as_array().sum()), published).result())
+            print(segments())
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("OutOfSharedMemoryError ")
+    assert int(lines[0].split()[1]) > 32 * 1024 * 1024
+    assert lines[1:] == ["[]", str(float(1024 * 1024)), "[]"]

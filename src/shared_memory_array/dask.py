@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     ) from exc
 
 from . import _hostcopy, _layout
-from ._array import SharedMemoryArray, _dtype, _is_fortran, _rebuild
+from ._array import SharedMemoryArray, _dtype, _dtype_token, _is_fortran, _rebuild
 from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
 from ._host import host_key
 from ._segment import Identity
@@ -195,8 +195,8 @@ class PublishedArray:
         self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        token = self._dtype.str if self._dtype.names is None else self._dtype
-        return (_rebuild_published, (self._copies, self._shape, token, self._fortran))
+        args = (self._copies, self._shape, _dtype_token(self._dtype), self._fortran)
+        return (_rebuild_published, args)
 
     def __repr__(self) -> str:
         return f"<PublishedArray shape={self._shape} dtype={self._dtype} hosts={len(self._copies)}>"
@@ -239,6 +239,8 @@ def publish(
     ------
     ValueError
         The cluster has no workers.
+    UnsupportedDtypeError
+        An object dtype; nothing was sent.
     OutOfSharedMemoryError
         A host cannot hold the copy; copies already made are released.
     """
@@ -267,9 +269,15 @@ def publish(
                 _hostcopy.create, scattered, fortran, workers=[address], pure=False
             )
             futures.append((scattered, made))
+        failures = []
         for key, (_, made) in zip(remote, futures):
-            copies[key] = made.result(timeout=timeout)
+            try:
+                copies[key] = made.result(timeout=timeout)
+            except Exception as exc:  # every copy made must be known
+                failures.append(exc)
         del futures  # the workers drop their private copies
+        if failures:
+            raise failures[0]
         client.run(_join_on_host, copies)
     except BaseException:
         _release_everywhere(client, copies)

@@ -264,3 +264,28 @@ def test_workers_started_by_each_start_method_read_the_copy(method, data):
         results = client.gather(client.map(read, [published] * 4, pure=False))
         assert {total for total, _, _ in results} == {float(data.sum())}
         assert len({pid for _, _, pid in results}) == 2
+
+
+def test_retiring_one_of_two_threaded_workers_keeps_the_copy(data):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        smd.publish(client, data) as published,
+    ):
+        first, second = sorted(client.scheduler_info()["workers"])
+        client.retire_workers([first], close_workers=True)
+        assert segments(only_name(published))
+        total, _, _ = client.submit(read, published, workers=[second], pure=False).result()
+        assert total == float(data.sum())
+
+
+def test_a_published_array_kept_by_dask_raises_released_error_after_release(client, data):
+    published = smd.publish(client, data)
+    [kept] = client.scatter([published], broadcast=True)
+    assert client.submit(lambda p: float(p.as_array().sum()), kept).result() == data.sum()
+    published.release()
+    error = client.submit(lambda p: p.as_array(), kept, pure=False).exception(timeout=60)
+    assert isinstance(error, ReleasedError)
+    del kept

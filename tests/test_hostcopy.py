@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from shared_memory_array import _hostcopy, clean_segments, list_segments
+from shared_memory_array import _hostcopy, _names, clean_segments, list_segments
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="per-host copies are tested on Linux"
@@ -25,11 +25,11 @@ def exists(name: str) -> bool:
 def create_elsewhere(data: np.ndarray) -> tuple[str, tuple[int, int, int]]:
     """Make a copy in a process that exits at once: its creator is dead."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_hostcopy.create, (data, False))
+        return pool.apply(_hostcopy.create, (data, False, _names.generate()))
 
 
 def hold_until_told(name: str, identity: tuple[int, int, int], ready, go, result) -> None:
-    _hostcopy.enrol()
+    _hostcopy.enrol(1)
     assert _hostcopy.join(name, identity)
     ready.set()
     go.wait(60)
@@ -110,11 +110,11 @@ FORK_THEN_PROBE = """
 import fcntl, os, sys
 from shared_memory_array import _hostcopy
 name, inode = sys.argv[1], int(sys.argv[2])
-_hostcopy.enrol()
+_hostcopy.enrol(1)
 assert _hostcopy.join(name, (os.stat("/dev/shm/" + name).st_dev, inode, 0))
 pid = os.fork()
 if pid == 0:
-    os._exit(0 if _hostcopy.held() == [] and not _hostcopy.leave_all() else 1)
+    os._exit(0 if _hostcopy.held() == [] and not _hostcopy.is_member() else 1)
 _, status = os.waitpid(pid, 0)
 assert os.WEXITSTATUS(status) == 0, "the child saw or let go of the parent's copies"
 probe = os.open("/dev/shm/" + name, os.O_RDONLY)
@@ -139,3 +139,28 @@ def test_a_forked_child_never_lets_go_of_the_parents_hold(copy):
     )
     assert result.returncode == 0, result.stderr
     assert not exists(name)
+
+
+def test_a_process_lets_go_only_when_its_last_worker_withdraws(copy):
+    name, identity = copy
+    _hostcopy.enrol(1)
+    _hostcopy.enrol(2)
+    try:
+        assert _hostcopy.join(name, identity)
+        assert _hostcopy.withdraw(1) == []  # a threaded worker of the same process remains
+        assert exists(name)
+    finally:
+        assert _hostcopy.withdraw(2) == [name]
+    assert not exists(name)
+    assert not _hostcopy.is_member()
+
+
+def test_clean_spares_a_copy_held_by_a_process_it_cannot_see(copy, monkeypatch):
+    name, identity = copy
+    assert _hostcopy.join(name, identity)
+    # as from another PID namespace: /proc shows nobody using it
+    monkeypatch.setattr("shared_memory_array._inspect._mappers", dict)
+    assert [info.name for info in clean_segments(dry_run=True)].count(name) == 1
+    assert name not in [info.name for info in clean_segments()]
+    assert exists(name)
+    assert _hostcopy.leave(name) is True

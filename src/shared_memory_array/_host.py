@@ -20,16 +20,17 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"  # Linux: random, fresh at every bo
 
 @functools.cache
 def host_key() -> str:
-    """Return the key of the shared memory this process sees: ``'<boot id>:<device>'``.
+    """Return the key of the shared memory this process sees: ``'<boot>:<device>'``.
 
     Processes with equal keys can attach each other's segments.  On Linux it is the
-    kernel's boot id and the device number of ``/dev/shm`` (so containers with a
-    private ``/dev/shm`` count as hosts of their own); elsewhere the hostname stands
-    in for the boot id.
+    first 16 hex digits (64 random bits) of the kernel's boot id and the device
+    number of ``/dev/shm`` in hex (so containers with a private ``/dev/shm`` count
+    as hosts of their own); elsewhere the hostname stands in for the boot id.
+    Every pickled handle carries it, hence the short form.
     """
     try:
         with open(_BOOT_ID) as boot_id:
-            boot = boot_id.read().strip()
+            boot = boot_id.read().strip().replace("-", "")[:16]
     except OSError:
         boot = socket.gethostname()
     try:

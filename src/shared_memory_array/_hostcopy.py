@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from . import _cache, _layout, _names, _segment
+from . import _cache, _layout, _segment
 from ._array import _pieces
 from ._segment import Identity
 
 _lock = threading.Lock()
 _held: dict[str, tuple[int, Identity]] = {}  # name -> (descriptor with a shared flock, identity)
-_member = False
+_members: set[int] = set()  # the Dask workers of this process (several when threaded)
 
 
 def _after_fork_in_child() -> None:
@@ -40,9 +40,9 @@ def _after_fork_in_child() -> None:
     # them its locks: unlocking one here would unlock the parent.  Close them
     # unlocked (the parent's descriptors keep the locks) and leave membership to
     # the parent.
-    global _lock, _member
+    global _lock
     _lock = threading.Lock()
-    _member = False
+    _members.clear()
     for fd, _ in _held.values():
         os.close(fd)
     _held.clear()
@@ -51,14 +51,27 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def enrol() -> None:
-    """Make this process a member of its host: it joins the copies it uses."""
-    global _member
-    _member = True
+def enrol(member: int) -> None:
+    """Count ``member`` (a worker of this process): the process joins the copies it uses."""
+    with _lock:
+        _members.add(member)
+
+
+def withdraw(member: int) -> list[str]:
+    """Stop counting ``member``; when it was the last, `leave` every held copy.
+
+    Returns the names this process unlinked.
+    """
+    with _lock:
+        _members.discard(member)
+        if _members:
+            return []
+        names = list(_held)
+    return [name for name in names if leave(name)]
 
 
 def is_member() -> bool:
-    return _member
+    return bool(_members)
 
 
 def _leads_to(name: str, identity: Identity) -> bool:
@@ -66,8 +79,8 @@ def _leads_to(name: str, identity: Identity) -> bool:
     return current is not None and current[:2] == identity[:2]
 
 
-def create(data: np.ndarray[Any, Any], fortran: bool) -> tuple[str, Identity]:
-    """Copy ``data`` into a new segment of no owner and return its name and identity.
+def create(data: np.ndarray[Any, Any], fortran: bool, name: str) -> tuple[str, Identity]:
+    """Copy ``data`` into a new segment ``name`` of no owner; return its name and identity.
 
     The copy is laid out in Fortran order if ``fortran`` (and has 2 or more
     dimensions), else in C order.  A member joins it at once; any other process
@@ -78,13 +91,12 @@ def create(data: np.ndarray[Any, Any], fortran: bool) -> tuple[str, Identity]:
     pid = os.getpid()
     header, offset = _layout.encode(dims, dtype, fortran, pid, pid)
     layout = _layout.Layout(dims, dtype, fortran, offset)
-    name = _names.generate()
     mapped = _cache.create(
         name, offset + layout.nbytes, _pieces(header, offset, data, fortran), layout, filled=True
     )
     _cache.forget(name)  # the mapping goes with ``mapped``; tasks attach read-only
     assert mapped.identity is not None  # POSIX segments always have one
-    if _member:
+    if _members:
         join(name, mapped.identity)
     return name, mapped.identity
 
@@ -137,21 +149,19 @@ def leave(name: str) -> bool:
         os.close(fd)
 
 
-def leave_all() -> list[str]:
-    """`leave` every held copy; return the names this process unlinked."""
-    with _lock:
-        names = list(_held)
-    return [name for name in names if leave(name)]
+def release(name: str, identity: Identity | None) -> bool:
+    """Unlink copy ``name`` now, whoever holds it; return False if it was gone.
 
-
-def release(name: str, identity: Identity) -> bool:
-    """Unlink copy ``name`` now, whoever holds it; return False if it was gone."""
+    Without ``identity`` (a copy whose maker never answered) the name alone decides.
+    """
     with _lock:
         entry = _held.pop(name, None)
     if entry is not None:
         os.close(entry[0])
     _cache.forget(name)
-    return _leads_to(name, identity) and _segment.unlink(name)
+    if identity is not None and not _leads_to(name, identity):
+        return False
+    return _segment.unlink(name)
 
 
 def held() -> list[str]:

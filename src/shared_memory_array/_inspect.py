@@ -8,6 +8,7 @@ other users' and other programs' shared memory is never touched.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import sys
@@ -209,7 +210,29 @@ def clean_segments(dry_run: bool = False) -> list[SegmentInfo]:
         Only report what would be unlinked.
     """
     abandoned = [info for info in list_segments() if info.abandoned]
-    if not dry_run:
-        for info in abandoned:
-            _segment.unlink(info.name)
-    return abandoned
+    if dry_run:
+        return abandoned
+    return [info for info in abandoned if _unlink_if_unheld(info.name)]
+
+
+def _unlink_if_unheld(name: str) -> bool:
+    """Unlink ``name`` unless a process holds it as a published copy."""
+    # /proc shows only this PID namespace, and a worker may join meanwhile: the
+    # holders' shared flock (see _hostcopy) is seen from any namespace, and holding
+    # the exclusive lock while unlinking keeps new holders out until it is gone.
+    path = os.path.join(_segment.SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        st = os.fstat(fd)
+        return _segment.identity(name) == (st.st_dev, st.st_ino, st.st_size) and _segment.unlink(
+            name
+        )
+    finally:
+        os.close(fd)

@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         "shared_memory_array.dask needs Dask distributed: pip install 'shared-memory-array[dask]'"
     ) from exc
 
-from . import _hostcopy, _layout
+from . import _hostcopy, _layout, _names
 from ._array import SharedMemoryArray, _dtype, _dtype_token, _is_fortran, _rebuild
 from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
 from ._host import host_key
@@ -58,14 +58,14 @@ class SharedMemoryArrayPlugin(WorkerPlugin):
     name = PLUGIN_NAME
 
     def setup(self, worker: Any) -> None:
-        _hostcopy.enrol()
+        _hostcopy.enrol(id(worker))
 
     def teardown(self, worker: Any) -> None:
         # Older distributed replace a plugin registered again by tearing it down
         # on a running worker: only a closing worker lets go of its copies.
         if getattr(worker, "status", None) in (Status.running, Status.paused):
             return
-        _hostcopy.leave_all()
+        _hostcopy.withdraw(id(worker))
 
 
 class PublishedArray:
@@ -124,20 +124,26 @@ class PublishedArray:
         ForeignHostError
             This host holds no copy (it ran no worker when the array was published).
         """
+        here = host_key()
+        copy = self._copies.get(here)
+        if copy is None:
+            raise ForeignHostError(
+                f"no copy of this published array on this host ({here}): copies were "
+                f"placed on the hosts that ran workers at publish() time "
+                f"({', '.join(sorted(self._copies)) or 'none'}); publish it again to "
+                "include hosts added since",
+                host=here,
+                hosts=tuple(sorted(self._copies)),
+            )
+        name, identity = copy
+        # A worker holds its host's copy from its first use (workers that joined
+        # after publish()); one it cannot join was released, even if this object
+        # still has a view of it.
+        if _hostcopy.is_member() and not _hostcopy.join(name, identity):
+            self._handle = None
+            raise _released(name)
         handle = self._handle
         if handle is None:
-            here = host_key()
-            copy = self._copies.get(here)
-            if copy is None:
-                raise ForeignHostError(
-                    f"no copy of this published array on this host ({here}): copies were "
-                    f"placed on the hosts that ran workers at publish() time "
-                    f"({', '.join(sorted(self._copies)) or 'none'}); publish it again to "
-                    "include hosts added since",
-                    host=here,
-                    hosts=tuple(sorted(self._copies)),
-                )
-            name, identity = copy
             handle = self._handle = _rebuild(
                 name, self._shape, self._dtype, self._fortran, None, identity, True
             )
@@ -154,23 +160,16 @@ class PublishedArray:
             The copy was released (`release`, or every worker of this host closed).
         """
         handle = self.handle()
-        name, identity = self._copies[host_key()]
-        if _hostcopy.is_member():  # a worker that joined the cluster after publish()
-            _hostcopy.join(name, identity)
         try:
             return handle.as_array()
         except SegmentNotFoundError:
-            raise ReleasedError(
-                f"published array {name!r} was released on this host ({host_key()}): by "
-                "release(), or because every worker of this host closed",
-                segment=name,
-            ) from None
+            raise _released(handle.name) from None
 
     __call__ = as_array
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> Any:
-        array = self.as_array()
-        return np.array(array, dtype=dtype) if copy else np.asarray(array, dtype=dtype)
+        self.as_array()  # the errors as_array() documents
+        return self.handle().__array__(dtype, copy)
 
     def release(self, client: Client | None = None) -> None:
         """Unlink every host's copy now.  Idempotent.
@@ -200,6 +199,14 @@ class PublishedArray:
 
     def __repr__(self) -> str:
         return f"<PublishedArray shape={self._shape} dtype={self._dtype} hosts={len(self._copies)}>"
+
+
+def _released(name: str) -> ReleasedError:
+    return ReleasedError(
+        f"published array {name!r} was released on this host ({host_key()}): by "
+        "release(), or because every worker of this host closed",
+        segment=name,
+    )
 
 
 def _rebuild_published(
@@ -254,35 +261,54 @@ def publish(
     workers: dict[str, list[str]] = {}
     for address, key in sorted(keys.items()):
         workers.setdefault(key, []).append(address)
+    # Names are chosen here, so that a copy whose maker never answers is still released.
+    names = {key: _names.generate() for key in workers}
     copies: dict[str, tuple[str, Identity]] = {}
-    untyped: Any = client  # Client.scatter has no annotations
     try:
         here = host_key()
         if here in workers:
-            copies[here] = _hostcopy.create(data, fortran)
-        remote = [key for key in workers if key != here]
-        futures = []
-        for key in remote:
-            address = workers[key][0]
-            scattered = untyped.scatter(data, workers=[address], hash=False)
-            made = client.submit(
-                _hostcopy.create, scattered, fortran, workers=[address], pure=False
+            copies[here] = _hostcopy.create(data, fortran, names[here])
+        remote = {key: addresses[0] for key, addresses in workers.items() if key != here}
+        copies.update(_copy_to_hosts(client, data, fortran, remote, names, timeout))
+        joined = client.run(_join_on_host, copies, on_error="return")
+        lost = set(copies) - set(joined.values())
+        if lost:
+            raise ReleasedError(
+                f"the copies for hosts {sorted(lost)} were freed during publish(): every "
+                "worker of those hosts left",
+                segment=copies[min(lost)][0],
             )
-            futures.append((scattered, made))
-        failures = []
-        for key, (_, made) in zip(remote, futures):
-            try:
-                copies[key] = made.result(timeout=timeout)
-            except Exception as exc:  # every copy made must be known
-                failures.append(exc)
-        del futures  # the workers drop their private copies
-        if failures:
-            raise failures[0]
-        client.run(_join_on_host, copies)
     except BaseException:
-        _release_everywhere(client, copies)
+        _release_everywhere(client, {key: (names[key], None) for key in names})
         raise
     return PublishedArray(copies, shape, dtype, fortran, client)
+
+
+def _copy_to_hosts(
+    client: Any,
+    data: np.ndarray[Any, Any],
+    fortran: bool,
+    targets: dict[str, str],
+    names: dict[str, str],
+    timeout: float | None,
+) -> dict[str, tuple[str, Identity]]:
+    """Send ``data`` to one worker of each host in ``targets`` (host key -> address),
+    which writes that host's copy; return the copies made."""
+    if not targets:
+        return {}
+    scattered = client.scatter(data, workers=list(targets.values()), broadcast=True, hash=False)
+    made = {
+        key: client.submit(
+            _hostcopy.create, scattered, fortran, names[key], workers=[address], pure=False
+        )
+        for key, address in targets.items()
+    }
+    try:
+        return {key: future.result(timeout=timeout) for key, future in made.items()}
+    finally:
+        # Forget the workers' private copies now, even while an exception from here
+        # keeps this frame alive.
+        client.cancel([scattered, *made.values()])
 
 
 def _register_plugin(client: Any) -> None:
@@ -293,24 +319,25 @@ def _register_plugin(client: Any) -> None:
         client.register_worker_plugin(plugin, name=PLUGIN_NAME)
 
 
-def _enrol() -> str:
-    _hostcopy.enrol()
+def _enrol(dask_worker: Any) -> str:
+    _hostcopy.enrol(id(dask_worker))
     return host_key()
 
 
-def _join_on_host(copies: _Copies) -> None:
-    copy = copies.get(host_key())
-    if copy is not None:
-        _hostcopy.join(*copy)
+def _join_on_host(copies: _Copies) -> str | None:
+    """Hold this host's copy; return this host's key if it has one to hold."""
+    here = host_key()
+    copy = copies.get(here)
+    return here if copy is not None and _hostcopy.join(*copy) else None
 
 
-def _release_on_host(copies: _Copies) -> None:
+def _release_on_host(copies: Mapping[str, tuple[str, Identity | None]]) -> None:
     copy = copies.get(host_key())
     if copy is not None:
         _hostcopy.release(*copy)
 
 
-def _release_everywhere(client: Client, copies: _Copies) -> None:
+def _release_everywhere(client: Client, copies: Mapping[str, tuple[str, Identity | None]]) -> None:
     try:
         # A worker lost meanwhile is no reason to stop: any worker of a host unlinks
         # that host's copy.

@@ -600,9 +600,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 region,
                 self._identity,
                 self._readonly,
+                self._host or host_key(),
             )
-            host = self._host or host_key()
-            reduced = self._reduced = (_rebuild, (*args, host))
+            reduced = self._reduced = (_rebuild, args)
         return reduced
 
     def readonly(self) -> SharedMemoryArray[_ScalarT_co]:
@@ -612,9 +612,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         arrays cannot be written or made writeable in any process.
         """
         shape, dtype, fortran, _ = self._layout
-        handle = _rebuild(self._name, shape, dtype, fortran, self._region, self._identity, True)
-        handle._host = self._host
-        return handle
+        region, identity, host = self._region, self._identity, self._host
+        return _rebuild(self._name, shape, dtype, fortran, region, identity, True, host)
 
     def lock(
         self,

@@ -119,12 +119,19 @@ def _mappers() -> dict[str, list[int]]:
     return found
 
 
+def _open(name: str) -> int | None:
+    """Open segment ``name`` read-only, never through a symlink; None if that fails."""
+    try:
+        path = os.path.join(_segment.SHM_DIR, name)
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
 def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
     """Describe segment ``name`` if it is this user's and this library's, else None."""
-    path = os.path.join(_segment.SHM_DIR, name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = _open(name)
+    if fd is None:
         return None
     try:
         st = os.fstat(fd)
@@ -220,10 +227,8 @@ def _unlink_if_unheld(name: str) -> bool:
     # /proc shows only this PID namespace, and a worker may join meanwhile: the
     # holders' shared flock (see _hostcopy) is seen from any namespace, and holding
     # the exclusive lock while unlinking keeps new holders out until it is gone.
-    path = os.path.join(_segment.SHM_DIR, name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = _open(name)
+    if fd is None:
         return False
     try:
         try:

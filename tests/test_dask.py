@@ -5,6 +5,7 @@ Two hosts are simulated in test_dask_hosts.py.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -24,6 +25,7 @@ from shared_memory_array import (
     UnsupportedDtypeError,
     _rebuild,
 )
+from shared_memory_array._inspect import _mappers
 
 distributed = pytest.importorskip(
     "distributed", reason="distributed is an optional test dependency"
@@ -64,6 +66,23 @@ def identity(value: Any) -> Any:
 
 def segments(name: str) -> bool:
     return os.path.exists(os.path.join(SHM, name))
+
+
+def holders(name: str) -> list[int]:
+    """The processes that have segment ``name`` open or mapped, unlinked or not."""
+    return _mappers().get(name, [])
+
+
+def wait_for_restart(client: Any, killed: set[int], timeout: float = 60) -> None:
+    """Wait until the nannies replaced the ``killed`` workers (2 workers again)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):  # a worker going away meanwhile
+            now = set(client.run(os.getpid).values())
+            if len(now) == 2 and not now & killed:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the workers were not restarted in {timeout} s")
 
 
 def only_name(published: Any) -> str:
@@ -146,6 +165,38 @@ def test_release_frees_every_copy_and_later_use_raises_released_error(client, da
     published.release()  # idempotent
 
 
+def test_release_leaves_no_worker_or_nanny_holding_the_copy(client, data):
+    published = smd.publish(client, data)
+    name = only_name(published)
+    client.gather(client.map(read, [published] * 4, pure=False))
+    pids = set(client.run(os.getpid).values())
+    assert pids | {os.getpid()} <= set(holders(name))  # LocalCluster's nannies run here
+    published.release()
+    assert holders(name) == []
+
+
+def test_client_restart_keeps_the_copy_for_the_new_workers(client, data):
+    with smd.publish(client, data) as published:
+        client.gather(client.map(read, [published] * 4, pure=False))
+        client.restart()
+        assert segments(only_name(published))
+        results = client.gather(client.map(read, [published] * 4, pure=False))
+        assert {total for total, _, _ in results} == {float(data.sum())}
+
+
+def test_every_worker_killed_at_once_leaves_the_copy_held_by_the_nannies(client, data):
+    with smd.publish(client, data) as published:
+        client.gather(client.map(read, [published] * 4, pure=False))
+        pids = set(client.run(os.getpid).values())
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        wait_for_restart(client, pids)
+        # Held, so `clean` spares it; LocalCluster runs its nannies in this process.
+        assert holders(only_name(published)) == [os.getpid()]
+        results = client.gather(client.map(read, [published] * 4, pure=False))
+        assert {total for total, _, _ in results} == {float(data.sum())}
+
+
 def test_closing_the_cluster_frees_the_copies_its_workers_held(data):
     with (
         distributed.LocalCluster(
@@ -180,16 +231,9 @@ def test_dropping_dask_results_and_replicas_never_frees_the_copy(client, data):
 def test_a_killed_worker_never_takes_the_copy_along(client, data):
     with smd.publish(client, data) as published:
         client.gather(client.map(read, [published] * 4, pure=False))
-        pids = client.run(os.getpid)
-        address, victim = sorted(pids.items())[0]
+        victim = min(client.run(os.getpid).values())
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the nanny starts a new worker
-            workers = client.scheduler_info()["workers"]
-            if len(workers) == 2 and address not in workers:
-                break
-            time.sleep(0.1)
-        assert victim not in client.run(os.getpid).values()
+        wait_for_restart(client, {victim})
         assert segments(only_name(published))
         results = client.gather(client.map(read, [published] * 6, pure=False))
         assert {total for total, _, _ in results} == {float(data.sum())}

@@ -2,9 +2,9 @@
 
 A copy published on a host (`shared_memory_array.dask.publish`) has no owner
 handle: ownership must not ride on a value that a scheduler copies, moves or
-drops.  Instead every member process of the host (a Dask worker, once the plugin
-enrolled it) *joins* the copy: it keeps a descriptor of the segment open with a
-shared ``flock`` on it.  When a member leaves (worker teardown), it drops its lock
+drops.  Instead every member process of the host (one running a Dask worker or
+nanny the plugins enrolled) *joins* the copy: it keeps a descriptor of the segment
+open with a shared ``flock`` on it.  When a member leaves (teardown), it drops its lock
 and tries for an exclusive one without waiting: it gets it only if no other
 process still holds the copy, and then it unlinks the segment.  The kernel drops
 the locks of a process that dies, so a crashed worker never keeps a copy alive,
@@ -32,7 +32,7 @@ from ._segment import Identity
 
 _lock = threading.Lock()
 _held: dict[str, tuple[int, Identity]] = {}  # name -> (descriptor with a shared flock, identity)
-_members: set[int] = set()  # the Dask workers of this process (several when threaded)
+_members: set[int] = set()  # the Dask workers and nannies of this process
 
 
 def _after_fork_in_child() -> None:
@@ -52,7 +52,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enrol(member: int) -> None:
-    """Count ``member`` (a worker of this process): the process joins the copies it uses."""
+    """Count ``member`` (a Dask worker or nanny here): this process joins the copies it uses."""
     with _lock:
         _members.add(member)
 

@@ -28,7 +28,7 @@ import numpy.typing as npt
 try:
     from distributed import Client, get_client
     from distributed.core import Status
-    from distributed.diagnostics.plugin import WorkerPlugin
+    from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     raise ImportError(
         "shared_memory_array.dask needs Dask distributed: pip install 'shared-memory-array[dask]'"
@@ -66,6 +66,25 @@ class SharedMemoryArrayPlugin(WorkerPlugin):
         if getattr(worker, "status", None) in (Status.running, Status.paused):
             return
         _hostcopy.withdraw(id(worker))
+
+
+class _NannyHold(NannyPlugin):
+    """Makes each nanny hold its host's published copies until the nanny closes.
+
+    A nanny outlives the worker processes it restarts, so a host's copy survives
+    ``client.restart()`` and workers that all crash at once (out of memory).
+    """
+
+    idempotent = True
+    name = PLUGIN_NAME + "-nanny"
+
+    def setup(self, nanny: Any) -> None:
+        _hostcopy.enrol(id(nanny))
+
+    def teardown(self, nanny: Any) -> None:
+        if getattr(nanny, "status", None) == Status.running:  # replaced, not closing
+            return
+        _hostcopy.withdraw(id(nanny))
 
 
 class PublishedArray:
@@ -157,7 +176,8 @@ class PublishedArray:
         ForeignHostError
             This host holds no copy.
         ReleasedError
-            The copy was released (`release`, or every worker of this host closed).
+            The copy was released (`release`, or every worker and nanny of this
+            host closed).
         """
         handle = self.handle()
         try:
@@ -204,7 +224,7 @@ class PublishedArray:
 def _released(name: str) -> ReleasedError:
     return ReleasedError(
         f"published array {name!r} was released on this host ({host_key()}): by "
-        "release(), or because every worker of this host closed",
+        "release(), or because every worker and nanny of this host closed",
         segment=name,
     )
 
@@ -224,8 +244,9 @@ def publish(
     two containers on one machine with separate ``/dev/shm`` are two hosts.  The
     copy for the client's own host is written by the client; each other host gets
     the array once over the network, into one of its workers, which writes it out
-    and drops its private copy.  Every worker then holds its host's copy until it
-    closes (see `SharedMemoryArrayPlugin`).
+    and drops its private copy.  Every worker and nanny then holds its host's copy
+    until it closes (see `SharedMemoryArrayPlugin`), so the copies survive
+    ``client.restart()``.
 
     Parameters
     ----------
@@ -254,7 +275,7 @@ def publish(
     data = np.asarray(array)
     shape, dtype = _layout.normalize(data.shape, data.dtype)  # refuse object dtypes here
     fortran = _is_fortran(data)
-    _register_plugin(client)
+    _register_plugins(client)
     keys: dict[str, str] = client.run(_enrol)
     if not keys:
         raise ValueError("the Dask cluster has no workers: start them (client.wait_for_workers)")
@@ -271,6 +292,7 @@ def publish(
         remote = {key: addresses[0] for key, addresses in workers.items() if key != here}
         copies.update(_copy_to_hosts(client, data, fortran, remote, names, timeout))
         joined = client.run(_join_on_host, copies, on_error="return")
+        client.run(_join_on_host, copies, nanny=True, on_error="ignore")
         lost = set(copies) - set(joined.values())
         if lost:
             raise ReleasedError(
@@ -311,12 +333,13 @@ def _copy_to_hosts(
         client.cancel([scattered, *made.values()])
 
 
-def _register_plugin(client: Any) -> None:
-    plugin = SharedMemoryArrayPlugin()
-    if hasattr(client, "register_plugin"):  # distributed >= 2023.9.2
-        client.register_plugin(plugin, name=PLUGIN_NAME)
-    else:  # pragma: no cover - older distributed
-        client.register_worker_plugin(plugin, name=PLUGIN_NAME)
+def _register_plugins(client: Any) -> None:
+    for plugin in (SharedMemoryArrayPlugin(), _NannyHold()):
+        if hasattr(client, "register_plugin"):  # distributed >= 2023.9.2
+            client.register_plugin(plugin, name=plugin.name)
+        else:  # pragma: no cover - older distributed
+            nanny = isinstance(plugin, NannyPlugin)
+            client.register_worker_plugin(plugin, name=plugin.name, nanny=nanny)
 
 
 def _enrol(dask_worker: Any) -> str:
@@ -342,5 +365,6 @@ def _release_everywhere(client: Client, copies: Mapping[str, tuple[str, Identity
         # A worker lost meanwhile is no reason to stop: any worker of a host unlinks
         # that host's copy.
         client.run(_release_on_host, copies, on_error="ignore")
+        client.run(_release_on_host, copies, nanny=True, on_error="ignore")
     finally:
         _release_on_host(copies)  # this process's host, if its workers already left

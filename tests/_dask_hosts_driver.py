@@ -32,7 +32,8 @@ from shared_memory_array import (
     SegmentNotFoundError,
     SharedMemoryArray,
 )
-from shared_memory_array.dask import host_key, publish
+from shared_memory_array._inspect import _mappers
+from shared_memory_array.dask import PublishedArray, host_key, publish
 
 SHM = "/dev/shm"
 SHAPE = (512, 1024)  # float64: 4 MiB
@@ -151,6 +152,12 @@ def describe(error: BaseException | None) -> dict[str, Any]:
     }
 
 
+def holders(published: PublishedArray) -> dict[str, list[int]]:
+    """The processes holding each host's copy open or mapped (one PID namespace for both)."""
+    mappers = _mappers()
+    return {host: mappers.get(name, []) for host, name in published.hosts.items()}
+
+
 def check(client: distributed.Client) -> dict[str, Any]:
     result: dict[str, Any] = {"driver": whereabouts()}
     workers = sorted(client.nthreads())
@@ -181,6 +188,8 @@ def check(client: distributed.Client) -> dict[str, Any]:
         for address, start, stop, future in reads
     ]
 
+    result["holders_published"] = holders(published)
+
     small = np.arange(10.0)
     with SharedMemoryArray.copy(None, small) as plain:
         result["plain_expected"] = float(small.sum())
@@ -191,6 +200,7 @@ def check(client: distributed.Client) -> dict[str, Any]:
 
     published.release()
     result["segments_released"] = on_each(client, workers, segments)
+    result["holders_released"] = holders(published)
     result["released_reads"] = on_each(client, workers, try_published, published)
     future = client.submit(use_published, published, workers=workers[:1], pure=False)
     result["released_raised"] = describe(future.exception(timeout=60))

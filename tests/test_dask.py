@@ -168,11 +168,13 @@ def test_release_frees_every_copy_and_later_use_raises_released_error(client, da
 def test_release_leaves_no_worker_or_nanny_holding_the_copy(client, data):
     published = smd.publish(client, data)
     name = only_name(published)
-    client.gather(client.map(read, [published] * 4, pure=False))
+    futures = client.map(read, [published] * 4, pure=False)  # Dask keeps their arguments
+    client.gather(futures)
     pids = set(client.run(os.getpid).values())
     assert pids | {os.getpid()} <= set(holders(name))  # LocalCluster's nannies run here
     published.release()
     assert holders(name) == []
+    del futures
 
 
 def test_client_restart_keeps_the_copy_for_the_new_workers(client, data):

@@ -252,6 +252,12 @@ def test_two_hosts_each_hold_one_copy_and_refuse_foreign_handles(hosts, tmp_path
         ((name, size),) = listed["segments"].items()
         assert name == copies[listed["host"]]
         assert result["nbytes"] < size <= result["nbytes"] + 65536
+    # Held by each host's two workers and the process running its nannies (on host A
+    # also the driver: LocalCluster runs its nannies in the client's process).
+    pids = {seen["pid"] for seen in workers.values()}
+    for host, held_by in result["holders_published"].items():
+        assert len(held_by) == 3, (host, held_by)
+        assert len(set(held_by) & pids) == 2
 
     # Every worker reads its own host's copy: right sums, zero-copy, read-only.
     reads = result["reads"]  # three tasks pinned to each worker
@@ -282,6 +288,7 @@ def test_two_hosts_each_hold_one_copy_and_refuse_foreign_handles(hosts, tmp_path
     # release() frees the copy on both hosts; later uses raise ReleasedError.
     for listed in result["segments_released"].values():
         assert listed["segments"] == {}
+    assert result["holders_released"] == {here: [], there: []}  # no descriptor kept open
     assert sorted(tried["host"] for tried in result["released_reads"].values()) == sorted(
         [here, here, there, there]
     )

@@ -110,7 +110,6 @@ class PublishedArray:
         self._dtype = dtype
         self._fortran = fortran
         self._client = client  # the publishing process's client; never pickled
-        self._handle: SharedMemoryArray[Any] | None = None
 
     @property
     def hosts(self) -> dict[str, str]:
@@ -159,14 +158,11 @@ class PublishedArray:
         # after publish()); one it cannot join was released, even if this object
         # still has a view of it.
         if _hostcopy.is_member() and not _hostcopy.join(name, identity):
-            self._handle = None
             raise _released(name)
-        handle = self._handle
-        if handle is None:
-            handle = self._handle = _rebuild(
-                name, self._shape, self._dtype, self._fortran, None, identity, True
-            )
-        return handle
+        # A new handle each time: the process's attach cache keeps the mapping, and
+        # forgets it on release; a handle kept here would keep a released copy mapped
+        # for as long as Dask keeps this object.
+        return _rebuild(name, self._shape, self._dtype, self._fortran, None, identity, True)
 
     def as_array(self) -> npt.NDArray[Any]:
         """Return a read-only, zero-copy view of this host's copy.
@@ -205,7 +201,6 @@ class PublishedArray:
         """
         client = client or self._client or get_client()
         _release_everywhere(client, self._copies)
-        self._handle = None
 
     def __enter__(self) -> PublishedArray:
         return self

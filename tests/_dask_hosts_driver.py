@@ -158,10 +158,22 @@ def holders(published: PublishedArray) -> dict[str, list[int]]:
     return {host: mappers.get(name, []) for host, name in published.hosts.items()}
 
 
-def check(client: distributed.Client) -> dict[str, Any]:
+def check(client: distributed.Client, early: PublishedArray) -> dict[str, Any]:
     result: dict[str, Any] = {"driver": whereabouts()}
     workers = sorted(client.nthreads())
     result["workers"] = on_each(client, workers, whereabouts)
+
+    # ``early`` was published before host B's workers started: their first use
+    # makes host B's copy, from host A's.
+    result["early_hosts"] = early.hosts
+    result["early_expected"] = float(early.as_array().sum())
+    result["early_reads"] = on_each(client, workers, read_rows, early, 0, SHAPE[0])
+    result["early_segments"] = on_each(client, workers, segments)
+    early.release()
+    result["early_released"] = on_each(client, workers, segments)
+    made = {name for listed in result["early_segments"].values() for name in listed["segments"]}
+    mappers = _mappers()
+    result["early_holders_released"] = {name: mappers.get(name, []) for name in sorted(made)}
     here = host_key()
     elsewhere = [address for address in workers if result["workers"][address]["host"] != here]
     at_home = [address for address in workers if address not in elsewhere]
@@ -225,11 +237,13 @@ def main() -> int:
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
+        client.wait_for_workers(2, timeout=60)  # host A's
+        early = publish(client, np.arange(float(np.prod(SHAPE))).reshape(SHAPE))
         partial = Path(args.address_file + ".partial")
         partial.write_text(cluster.scheduler_address)
         partial.replace(args.address_file)  # the reader sees all of it or nothing
         client.wait_for_workers(args.workers, timeout=60)
-        print(json.dumps(check(client)), flush=True)
+        print(json.dumps(check(client, early)), flush=True)
         mine = set(cluster.workers)
         deadline = time.monotonic() + 60
         while len(client.nthreads()) > len(mine) and time.monotonic() < deadline:

@@ -85,6 +85,11 @@ def wait_for_restart(client: Any, killed: set[int], timeout: float = 60) -> None
     raise AssertionError(f"the workers were not restarted in {timeout} s")
 
 
+def pretend_to_run_on(host: str) -> None:
+    """Make this worker see ``host`` as its host, as if it ran on a host added later."""
+    smd.host_key = lambda: host
+
+
 def only_name(published: Any) -> str:
     [name] = published.hosts.values()
     return name
@@ -270,6 +275,41 @@ def test_a_host_without_a_copy_raises_foreign_host_error(data):
     assert raised.value.host == smd.host_key()
     assert raised.value.hosts == ("other-boot:1f",)
     assert "other-boot:1f" in str(raised.value)
+
+
+def test_a_worker_on_a_host_added_after_publish_makes_its_hosts_copy_at_first_use(client, data):
+    published = smd.publish(client, data)
+    late, _ = sorted(client.run(os.getpid))
+    client.run(pretend_to_run_on, "late-boot:1", workers=[late])
+    before = set(os.listdir(SHM))
+    results = client.gather(client.map(read, [published] * 4, workers=[late], pure=False))
+    assert {total for total, _, _ in results} == {float(data.sum())}
+    assert not any(writeable for _, writeable, _ in results)
+    workers = {str(pid) for pid in client.run(os.getpid).values()}
+    new = set(os.listdir(SHM)) - before  # maybe with other programs' segments too
+    [made] = {name for name in new if name.split("_")[1] in {"late", *workers}}  # no draft
+    assert made.startswith("sma_late_")
+    assert made in client.run(_hostcopy_held, workers=[late])[late]
+    published.release()
+    assert not segments(made)
+    error = client.submit(read, published, workers=[late], pure=False).exception(timeout=60)
+    assert isinstance(error, ReleasedError)
+
+
+def test_a_new_host_with_no_host_to_copy_from_raises_foreign_host_error(client, data):
+    with smd.publish(client, data) as published:
+        client.run(pretend_to_run_on, "late-boot:1")  # every worker: no copy anywhere
+        error = client.submit(read, published, pure=False).exception(timeout=60)
+        assert isinstance(error, ForeignHostError)
+        assert error.host == "late-boot:1"
+        assert error.hosts == (smd.host_key(),)
+        assert "no worker runs on a host with a copy" in str(error)
+
+
+def _hostcopy_held() -> list[str]:
+    from shared_memory_array import _hostcopy
+
+    return _hostcopy.held()
 
 
 def test_a_plain_handle_from_another_host_raises_foreign_host_error():

@@ -225,6 +225,32 @@ def harmless(chunk: str) -> bool:
     )
 
 
+def check_a_host_added_after_publish_made_its_copy_at_first_use(
+    result: dict[str, Any], here: str
+) -> None:
+    """``early`` was published before host B's workers started; they used it."""
+    workers = result["workers"]
+    (early_name,) = result["early_hosts"].values()
+    assert list(result["early_hosts"]) == [here]
+    late_names = set()
+    for address, task in result["early_reads"].items():
+        assert task["host"] == workers[address]["host"]
+        assert task["total"] == result["early_expected"]
+        assert task["write_refused"] and not task["writeable"]
+        ((name, size),) = result["early_segments"][address]["segments"].items()
+        assert task["mapped_file"] == f"/dev/shm/{name}"
+        assert result["nbytes"] < size <= result["nbytes"] + 65536
+        if task["host"] == here:
+            assert name == early_name
+        else:
+            late_names.add(name)
+    assert len(late_names) == 1 and late_names.pop().startswith("sma_late_")
+    for listed in result["early_released"].values():
+        assert listed["segments"] == {}
+    assert len(result["early_holders_released"]) == 2
+    assert all(held_by == [] for held_by in result["early_holders_released"].values())
+
+
 @pytest.mark.timeout(180)
 def test_two_hosts_each_hold_one_copy_and_refuse_foreign_handles(hosts, tmp_path):
     result = run_cluster(hosts, tmp_path)
@@ -243,6 +269,8 @@ def test_two_hosts_each_hold_one_copy_and_refuse_foreign_handles(hosts, tmp_path
     assert len({seen["boot_id"] for seen in workers.values()}) == 1
     assert len({seen["shm_device"] for seen in workers.values()}) == 2
     (there,) = {seen["host"] for seen in workers.values()} - {here}
+
+    check_a_host_added_after_publish_made_its_copy_at_first_use(result, here)
 
     # One copy per host, of the array's size (plus its header page).
     copies = result["published_hosts"]

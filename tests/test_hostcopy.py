@@ -11,7 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from shared_memory_array import _hostcopy, _names, clean_segments, list_segments
+from shared_memory_array import (
+    SharedMemoryArray,
+    _hostcopy,
+    _names,
+    clean_segments,
+    list_segments,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="per-host copies are tested on Linux"
@@ -164,3 +170,22 @@ def test_clean_spares_a_copy_held_by_a_process_it_cannot_see(copy, monkeypatch):
     assert name not in [info.name for info in clean_segments()]
     assert exists(name)
     assert _hostcopy.leave(name) is True
+
+
+def test_create_once_gives_every_process_of_a_host_the_first_copy_made():
+    name = _names.generate()
+    first = np.arange(1000.0)
+    _hostcopy.enrol(1)
+    try:
+        made = _hostcopy.create_once(first, False, name)
+        assert made is not None
+        # A second worker, a moment late, finds the first one's copy under the name.
+        assert _hostcopy.create_once(first * 2, False, name) == made
+        with SharedMemoryArray.attach(name) as copy:
+            np.testing.assert_array_equal(copy.as_array(), first)
+        mine = [info.name for info in list_segments() if info.creator_pid == os.getpid()]
+        assert mine == [name]  # the drafts' names are gone
+        assert _hostcopy.held() == [name]
+    finally:
+        _hostcopy.withdraw(1)
+    assert not exists(name)

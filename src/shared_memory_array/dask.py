@@ -19,6 +19,7 @@ docs/cluster.md for how copies are kept and cleaned up.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 try:
-    from distributed import Client, get_client
+    from distributed import Client, get_client, get_worker
     from distributed.core import Status
     from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
@@ -34,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
         "shared_memory_array.dask needs Dask distributed: pip install 'shared-memory-array[dask]'"
     ) from exc
 
-from . import _hostcopy, _layout, _names
+from . import _hostcopy, _layout, _names, _segment
 from ._array import SharedMemoryArray, _dtype, _dtype_token, _is_fortran, _rebuild
 from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
 from ._host import host_key
@@ -135,24 +136,20 @@ class PublishedArray:
         """Return a read-only handle to this host's copy.
 
         It works like any attached handle: pass it to local processes
-        (``multiprocessing``, joblib) on this host.
+        (``multiprocessing``, joblib) on this host.  On a host that joined the
+        cluster after `publish`, the first worker to use the array makes the
+        host's copy, from a host that has one.
 
         Raises
         ------
         ForeignHostError
-            This host holds no copy (it ran no worker when the array was published).
+            This host holds no copy, and this process is no Dask worker that could
+            make one (or no worker of the cluster runs on a host with a copy).
+        ReleasedError
+            The copy was released.
         """
         here = host_key()
-        copy = self._copies.get(here)
-        if copy is None:
-            raise ForeignHostError(
-                f"no copy of this published array on this host ({here}): copies were "
-                f"placed on the hosts that ran workers at publish() time "
-                f"({', '.join(sorted(self._copies)) or 'none'}); publish it again to "
-                "include hosts added since",
-                host=here,
-                hosts=tuple(sorted(self._copies)),
-            )
+        copy = self._copies.get(here) or self._late_copy(here)
         name, identity = copy
         # A worker holds its host's copy from its first use (workers that joined
         # after publish()); one it cannot join was released, even if this object
@@ -163,6 +160,49 @@ class PublishedArray:
         # forgets it on release; a handle kept here would keep a released copy mapped
         # for as long as Dask keeps this object.
         return _rebuild(name, self._shape, self._dtype, self._fortran, None, identity, True)
+
+    def _late_copy(self, here: str) -> tuple[str, Identity]:
+        """This host's copy, for a host that ran no worker at publish() time.
+
+        Its name is derived from the published copies and the host, so any worker
+        of the host finds it, and `release` unlinks it.
+        """
+        name = _late_name(self._copies, here)
+        identity = _segment.identity(name)
+        if identity is not None:
+            return name, identity
+        try:
+            worker = get_worker()
+        except ValueError:
+            raise self._foreign(here, "this process is no Dask worker") from None
+        client: Any = get_client()  # distributed is partly untyped
+        keys: dict[str, str] = client.run(_host_here, on_error="ignore")
+        sources = sorted(
+            address
+            for address, key in keys.items()
+            if key in self._copies and address != worker.address
+        )
+        if not sources:
+            raise self._foreign(here, "no worker runs on a host with a copy")
+        future = client.submit(_source_view, self, workers=sources, pure=False)
+        try:
+            data = future.result()
+        finally:
+            client.cancel([future])
+        made = _hostcopy.create_once(data, self._fortran, name)
+        if made is None:
+            raise _released(name)
+        return name, made
+
+    def _foreign(self, here: str, why: str) -> ForeignHostError:
+        return ForeignHostError(
+            f"no copy of this published array on this host ({here}), and {why} to make "
+            f"one: copies were placed on the hosts that ran workers at publish() time "
+            f"({', '.join(sorted(self._copies)) or 'none'}); a worker on a host added "
+            "since makes its host's copy at first use",
+            host=here,
+            hosts=tuple(sorted(self._copies)),
+        )
 
     def as_array(self) -> npt.NDArray[Any]:
         """Return a read-only, zero-copy view of this host's copy.
@@ -222,6 +262,22 @@ def _released(name: str) -> ReleasedError:
         "release(), or because every worker and nanny of this host closed",
         segment=name,
     )
+
+
+def _late_name(copies: _Copies | Mapping[str, tuple[str, Any]], host: str) -> str:
+    """The name of the copy of a host that joined after publish() (`PublishedArray.handle`)."""
+    first = min((name for name, _ in copies.values()), default="")
+    digest = hashlib.blake2b(f"{first} {host}".encode(), digest_size=8).hexdigest()
+    return f"{_names.PREFIX}late_{digest}"  # 25 characters: fits macOS too
+
+
+def _host_here() -> str:
+    return host_key()
+
+
+def _source_view(published: PublishedArray) -> npt.NDArray[Any]:
+    """Run on a host with a copy: the data for a host without one."""
+    return published.as_array()
 
 
 def _rebuild_published(
@@ -350,9 +406,9 @@ def _join_on_host(copies: _Copies) -> str | None:
 
 
 def _release_on_host(copies: Mapping[str, tuple[str, Identity | None]]) -> None:
-    copy = copies.get(host_key())
-    if copy is not None:
-        _hostcopy.release(*copy)
+    here = host_key()
+    name, identity = copies.get(here) or (_late_name(copies, here), None)
+    _hostcopy.release(name, identity)
 
 
 def _release_everywhere(client: Client, copies: Mapping[str, tuple[str, Identity | None]]) -> None:

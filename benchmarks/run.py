@@ -1619,7 +1619,7 @@ def dask_cluster(distributed: ModuleType, workers: int) -> Iterator[Any]:
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(
             distributed.LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
             )
         )
         client = stack.enter_context(distributed.Client(cluster))
@@ -1819,7 +1819,7 @@ def bench_dask(config: Config, report: Report) -> None:
         DASK_TITLE,
         [
             f"A `distributed.LocalCluster(n_workers={workers}, threads_per_worker=1, "
-            "processes=True, dashboard_address=None)` (worker processes started with "
+            "processes=True, dashboard_address=':0')` (worker processes started with "
             f"{method}; {versions}) gets a {nbytes / MB:.0f} MB ({nbytes / MIB:.0f} MiB) "
             f"float64 array of random whole numbers ({rows:,} {TIMES} {COLUMNS:,}) from the client "
             f"in two ways: `client.scatter(a, broadcast=True)`, which gives every worker "

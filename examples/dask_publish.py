@@ -20,7 +20,7 @@ if __name__ == "__main__":
     table = rng.random((50_000, 64), dtype=np.float32)  # 12.8 MB, shared once per host
     batches = [rng.integers(0, len(table), size=32) for _ in range(200)]
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         with publish(client, table) as published:

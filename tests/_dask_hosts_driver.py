@@ -233,7 +233,7 @@ def main() -> int:
             threads_per_worker=1,
             host=args.host,
             scheduler_port=0,
-            dashboard_address=None,
+            dashboard_address=":0",
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -14,8 +14,11 @@ from multiprocessing import forkserver, resource_tracker
 
 import pytest
 
+from shared_memory_array import segment_info
+
 SHM = "/dev/shm"
-# Segments the library generates (sma_<pid>_...) and raw ones tests make (test_<pid>_...).
+# Segments the library generates (sma_<pid>_...) and raw ones tests make (test_<pid>_...);
+# also the copies Dask workers make for hosts added after publish() (sma_late_...).
 _TEST_MADE = re.compile(r"(?:sma|test)_(\d+)_")
 
 
@@ -37,9 +40,15 @@ def _ours(name: str) -> bool:
     child a test starts has been reaped by the time the test ends).
     """
     match = _TEST_MADE.match(name)
-    if match is None:
+    if match is not None:
+        pid = int(match.group(1))
+    elif name.startswith("sma_late_"):  # named after its host, not its maker (Dask)
+        try:
+            pid = segment_info(name).creator_pid
+        except (OSError, ValueError):  # gone meanwhile, or not one of ours after all
+            return False
+    else:
         return False
-    pid = int(match.group(1))
     return pid == os.getpid() or not _alive(pid)
 
 

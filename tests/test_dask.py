@@ -99,7 +99,7 @@ def only_name(published: Any) -> str:
 def client() -> Iterator[Any]:
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -142,7 +142,7 @@ def test_four_workers_add_at_most_one_point_one_times_the_array_in_pss():
     array = np.random.default_rng(0).random(16 * 1024 * 1024 // 8 * 8)  # 128 MiB
     with (
         distributed.LocalCluster(
-            n_workers=4, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=4, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -207,7 +207,7 @@ def test_every_worker_killed_at_once_leaves_the_copy_held_by_the_nannies(client,
 def test_closing_the_cluster_frees_the_copies_its_workers_held(data):
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -342,7 +342,7 @@ def test_workers_started_by_each_start_method_read_the_copy(method, data):
     with (
         dask.config.set({"distributed.worker.multiprocessing-method": method}),
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
         smd.publish(client, data) as published,
@@ -355,7 +355,7 @@ def test_workers_started_by_each_start_method_read_the_copy(method, data):
 def test_retiring_one_of_two_threaded_workers_keeps_the_copy(data):
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
         smd.publish(client, data) as published,

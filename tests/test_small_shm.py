@@ -128,7 +128,7 @@ def test_publishing_more_than_dev_shm_holds_raises_and_leaves_nothing():
 
         if __name__ == "__main__":
             with (
-                LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+                LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
                 Client(cluster) as client,
             ):
                 try:

@@ -23,6 +23,7 @@ from shared_memory_array import (
     SegmentNotFoundError,
     SharedMemoryArray,
     UnsupportedDtypeError,
+    _names,
     _rebuild,
 )
 from shared_memory_array._inspect import _mappers
@@ -304,6 +305,73 @@ def test_a_new_host_with_no_host_to_copy_from_raises_foreign_host_error(client, 
         assert error.host == "late-boot:1"
         assert error.hosts == (smd.host_key(),)
         assert "no worker runs on a host with a copy" in str(error)
+
+
+def test_threads_of_a_new_hosts_worker_fetch_the_array_once(data):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        smd.publish(client, data) as published,
+    ):
+        late, _ = sorted(client.run(os.getpid))
+        client.run(pretend_to_run_on, "late-boot:1", workers=[late])
+        with distributed.get_task_stream(client) as stream:
+            futures = client.map(read, [published] * 8, workers=[late], pure=False)
+            results = client.gather(futures)
+        assert {total for total, _, _ in results} == {float(data.sum())}
+        fetches = [task for task in stream.data if task["key"].startswith("_source_view")]
+        assert len(fetches) == 1
+
+
+def test_two_new_hosts_that_copy_from_each_other_never_deadlock(client, data):
+    """Each worker's only thread waits for a source task on the other's: both secede."""
+    x, y = sorted(client.run(os.getpid))
+    client.run(pretend_to_run_on, "host-x:1", workers=[x])
+    client.run(pretend_to_run_on, "host-y:1", workers=[y])
+    from shared_memory_array import _hostcopy
+
+    first = _hostcopy.create(data, False, _names.generate())
+    second = _hostcopy.create(data * 2, False, _names.generate())
+    on_x = smd.PublishedArray({"host-x:1": first}, data.shape, data.dtype, False)
+    on_y = smd.PublishedArray({"host-y:1": second}, data.shape, data.dtype, False)
+    try:
+        futures = [
+            client.submit(read, on_y, workers=[x], pure=False),  # needs y's copy
+            client.submit(read, on_x, workers=[y], pure=False),  # needs x's copy
+        ]
+        (total_y, _, _), (total_x, _, _) = client.gather(futures)
+        assert (total_x, total_y) == (float(data.sum()), float(data.sum() * 2))
+    finally:
+        on_x.release(client)
+        on_y.release(client)
+
+
+def release_before_linking(name: str) -> None:
+    """Make this worker's next late copy see ``release()`` run between fetch and link."""
+    from shared_memory_array import _hostcopy
+
+    make = _hostcopy.create_once
+
+    def released_meanwhile(*args: Any) -> Any:
+        _hostcopy.release(name, None)
+        return make(*args)
+
+    _hostcopy.create_once = released_meanwhile
+
+
+def test_a_release_during_a_new_hosts_fetch_leaves_no_copy_there(client, data):
+    published = smd.publish(client, data)
+    late, _ = sorted(client.run(os.getpid))
+    client.run(pretend_to_run_on, "late-boot:1", workers=[late])
+    client.run(release_before_linking, only_name(published), workers=[late])
+    before = set(os.listdir(SHM))
+    error = client.submit(read, published, workers=[late], pure=False).exception(timeout=60)
+    assert isinstance(error, ReleasedError)
+    assert error.segment.startswith("sma_late_")
+    assert not {name for name in set(os.listdir(SHM)) - before if name.startswith("sma_late_")}
+    published.release()
 
 
 def _hostcopy_held() -> list[str]:

@@ -19,9 +19,11 @@ on Linux, so the two never interfere.
 from __future__ import annotations
 
 import _posixshmem
+import contextlib
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -120,6 +122,24 @@ def create_once(data: np.ndarray[Any, Any], fortran: bool, name: str) -> Identit
         joined = current is not None and join(name, current)
         release(draft, identity)  # the draft's name only: the copy lives on as ``name``
     return current if joined else None
+
+
+@contextlib.contextmanager
+def claim(name: str) -> Iterator[None]:
+    """Hold the host-wide lock of copy ``name`` (a lock file beside it) while in the block.
+
+    Whoever gets it must check again whether the copy exists: the file is removed
+    on the way out, so a process may get the lock of a file removed meanwhile.
+    """
+    path = os.path.join(_segment.SHM_DIR, f".{name}.lock")  # no segment name starts with "."
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def join(name: str, identity: Identity) -> bool:

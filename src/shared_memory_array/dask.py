@@ -19,15 +19,20 @@ docs/cluster.md for how copies are kept and cleaned up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 try:
-    from distributed import Client, get_client, get_worker
+    from dask.context import thread_state  # where distributed keeps the running task
+    from distributed import Client, get_client, get_worker, rejoin, secede
+    from distributed import TimeoutError as DaskTimeoutError
     from distributed.core import Status
     from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
@@ -52,7 +57,8 @@ class SharedMemoryArrayPlugin(WorkerPlugin):
 
     `publish` registers it; registering it again does nothing.  A worker holds a
     copy from `publish` (or from its first use, for workers that joined later) until
-    it closes; the last worker of a host to close unlinks the host's copy.
+    it closes; the last worker (or nanny: `publish` registers a nanny plugin too)
+    of a host to close unlinks the host's copy.
     """
 
     idempotent = True  # distributed >= 2023.9: registering again is a no-op
@@ -165,32 +171,38 @@ class PublishedArray:
         """This host's copy, for a host that ran no worker at publish() time.
 
         Its name is derived from the published copies and the host, so any worker
-        of the host finds it, and `release` unlinks it.
+        of the host finds it, and `release` unlinks it.  One process of the host
+        at a time makes it (a lock file), fetching the array once from a worker
+        on a host with a copy.
         """
         name = _late_name(self._copies, here)
         identity = _segment.identity(name)
         if identity is not None:
             return name, identity
+        if not sys.platform.startswith("linux"):
+            raise self._foreign(here, "copies for hosts added later are made on Linux only")
         try:
             worker = get_worker()
         except ValueError:
             raise self._foreign(here, "this process is no Dask worker") from None
-        client: Any = get_client()  # distributed is partly untyped
-        keys: dict[str, str] = client.run(_host_here, on_error="ignore")
-        sources = sorted(
-            address
-            for address, key in keys.items()
-            if key in self._copies and address != worker.address
-        )
-        if not sources:
-            raise self._foreign(here, "no worker runs on a host with a copy")
-        future = client.submit(_source_view, self, workers=sources, pure=False)
-        try:
-            data = future.result()
-        finally:
-            client.cancel([future])
-        made = _hostcopy.create_once(data, self._fortran, name)
+        # Out of the worker's thread pool while waiting for the locks and the source,
+        # so that the worker runs other tasks meanwhile (a source's for another host).
+        with _seceded(), _late_lock, _hostcopy.claim(name):
+            identity = _segment.identity(name)
+            if identity is not None:  # made by another worker of this host meanwhile
+                return name, identity
+            try:
+                data = _on_a_source(self, here, worker.address, _source_view)
+                made = _hostcopy.create_once(data, self._fortran, name)
+                del data
+                # A release() that ran between the fetch and the link missed this
+                # copy: check a source still has its copy once this one is in place.
+                if made is not None and not _on_a_source(self, here, worker.address, _source_held):
+                    made = None
+            except ReleasedError:
+                made = None
         if made is None:
+            _hostcopy.release(name, None)
             raise _released(name)
         return name, made
 
@@ -210,7 +222,7 @@ class PublishedArray:
         Raises
         ------
         ForeignHostError
-            This host holds no copy.
+            This host holds no copy and none can be made (see `handle`).
         ReleasedError
             The copy was released (`release`, or every worker and nanny of this
             host closed).
@@ -278,6 +290,58 @@ def _host_here() -> str:
 def _source_view(published: PublishedArray) -> npt.NDArray[Any]:
     """Run on a host with a copy: the data for a host without one."""
     return published.as_array()
+
+
+def _source_held(published: PublishedArray) -> bool:
+    """Run on a host with a copy: whether it is still there (not released)."""
+    name, identity = published._copies[host_key()]
+    return _segment.identity(name) == identity
+
+
+_late_lock = threading.Lock()  # one late copy made at a time in this process
+_SOURCE_PRIORITY = 1_000_000  # ahead of the work queued on the source workers
+_SOURCE_CHECK_SECONDS = 10
+
+
+def _on_a_source(published: PublishedArray, here: str, me: str, function: Any) -> Any:
+    """Run ``function(published)`` on a worker of a host with a copy; return its result.
+
+    Waits as long as the task is queued, but submits it again if every worker it
+    could run on left the cluster (a source worker restarted gets a new address).
+    """
+    client: Any = get_client()  # distributed is partly untyped
+    while True:
+        keys: dict[str, str] = client.run(_host_here, on_error="ignore")
+        sources = sorted(
+            address for address, key in keys.items() if key in published._copies and address != me
+        )
+        if not sources:
+            raise published._foreign(here, "no worker runs on a host with a copy")
+        future = client.submit(
+            function, published, workers=sources, pure=False, priority=_SOURCE_PRIORITY
+        )
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_SOURCE_CHECK_SECONDS)
+                except DaskTimeoutError:
+                    if not set(sources) & set(client.scheduler_info()["workers"]):
+                        break  # every source left: look for others
+        finally:
+            client.cancel([future])
+
+
+@contextlib.contextmanager
+def _seceded() -> Iterator[None]:
+    """Leave the worker's thread pool while waiting, if this thread runs a task."""
+    in_task = getattr(thread_state, "key", None) is not None
+    if in_task:
+        secede()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if in_task:
+            rejoin()  # type: ignore[no-untyped-call]
 
 
 def _rebuild_published(

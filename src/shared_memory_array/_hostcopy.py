@@ -131,15 +131,23 @@ def claim(name: str) -> Iterator[None]:
     Whoever gets it must check again whether the copy exists: the file is removed
     on the way out, so a process may get the lock of a file removed meanwhile.
     """
-    path = os.path.join(_segment.SHM_DIR, f".{name}.lock")  # no segment name starts with "."
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = os.open(_claim_path(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        drop_claim(name)
         os.close(fd)
+
+
+def drop_claim(name: str) -> None:
+    """Remove the lock file of copy ``name`` (left by a process that died holding it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_claim_path(name))
+
+
+def _claim_path(name: str) -> str:
+    return os.path.join(_segment.SHM_DIR, f".{name}.lock")  # no segment name starts with "."
 
 
 def join(name: str, identity: Identity) -> bool:

@@ -473,6 +473,8 @@ def _release_on_host(copies: Mapping[str, tuple[str, Identity | None]]) -> None:
     here = host_key()
     name, identity = copies.get(here) or (_late_name(copies, here), None)
     _hostcopy.release(name, identity)
+    if here not in copies:
+        _hostcopy.drop_claim(name)
 
 
 def _release_everywhere(client: Client, copies: Mapping[str, tuple[str, Identity | None]]) -> None:

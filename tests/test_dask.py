@@ -86,6 +86,16 @@ def wait_for_restart(client: Any, killed: set[int], timeout: float = 60) -> None
     raise AssertionError(f"the workers were not restarted in {timeout} s")
 
 
+def made_since(before: set[str], client: Any) -> set[str]:
+    """Segments made since ``before`` by this process or the cluster's workers.
+
+    Other programs (another test run, say) may use /dev/shm at the same time.
+    """
+    makers = {"late", str(os.getpid()), *map(str, client.run(os.getpid).values())}
+    new = set(os.listdir(SHM)) - before
+    return {name for name in new if name.startswith("sma_") and name.split("_")[1] in makers}
+
+
 def pretend_to_run_on(host: str) -> None:
     """Make this worker see ``host`` as its host, as if it ran on a host added later."""
     smd.host_key = lambda: host
@@ -116,8 +126,7 @@ def test_publish_places_one_copy_that_every_worker_reads_read_only(client, data)
     before = set(os.listdir(SHM))
     with smd.publish(client, data) as published:
         assert list(published.hosts) == [smd.host_key()]
-        made = set(os.listdir(SHM)) - before
-        assert made == {only_name(published)}
+        assert made_since(before, client) == {only_name(published)}
         results = client.gather(client.map(read, [published] * 8, pure=False))
         assert {total for total, _, _ in results} == {float(data.sum())}
         assert not any(writeable for _, writeable, _ in results)
@@ -286,9 +295,7 @@ def test_a_worker_on_a_host_added_after_publish_makes_its_hosts_copy_at_first_us
     results = client.gather(client.map(read, [published] * 4, workers=[late], pure=False))
     assert {total for total, _, _ in results} == {float(data.sum())}
     assert not any(writeable for _, writeable, _ in results)
-    workers = {str(pid) for pid in client.run(os.getpid).values()}
-    new = set(os.listdir(SHM)) - before  # maybe with other programs' segments too
-    [made] = {name for name in new if name.split("_")[1] in {"late", *workers}}  # no draft
+    [made] = made_since(before, client)  # and no draft left
     assert made.startswith("sma_late_")
     assert made in client.run(_hostcopy_held, workers=[late])[late]
     published.release()
@@ -370,7 +377,7 @@ def test_a_release_during_a_new_hosts_fetch_leaves_no_copy_there(client, data):
     error = client.submit(read, published, workers=[late], pure=False).exception(timeout=60)
     assert isinstance(error, ReleasedError)
     assert error.segment.startswith("sma_late_")
-    assert not {name for name in set(os.listdir(SHM)) - before if name.startswith("sma_late_")}
+    assert made_since(before, client) == set()
     published.release()
 
 

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -189,3 +191,21 @@ def test_create_once_gives_every_process_of_a_host_the_first_copy_made():
     finally:
         _hostcopy.withdraw(1)
     assert not exists(name)
+
+
+def test_claim_lets_one_holder_in_at_a_time_and_leaves_no_lock_file():
+    name = _names.generate()
+    order = []
+
+    def second() -> None:
+        with _hostcopy.claim(name):
+            order.append("second")
+
+    with _hostcopy.claim(name):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.2)  # the waiter opened the lock file and waits for it
+        order.append("first")
+    waiter.join(10)
+    assert order == ["first", "second"]
+    assert not os.path.exists(os.path.join("/dev/shm", f".{name}.lock"))

@@ -128,15 +128,29 @@ def create_once(data: np.ndarray[Any, Any], fortran: bool, name: str) -> Identit
 def claim(name: str) -> Iterator[None]:
     """Hold the host-wide lock of copy ``name`` (a lock file beside it) while in the block.
 
-    Whoever gets it must check again whether the copy exists: the file is removed
-    on the way out, so a process may get the lock of a file removed meanwhile.
+    Whoever gets it must check again whether the copy exists.
     """
-    fd = os.open(_claim_path(name), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    path = _claim_path(name)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # The holder before us removes the file on its way out: a lock on a
+            # removed file excludes nobody, so take the lock of the file there now.
+            opened, there = os.fstat(fd), os.stat(path)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino):
+            break
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        drop_claim(name)
+        drop_claim(name)  # before closing: the lock goes with the descriptor
         os.close(fd)
 
 

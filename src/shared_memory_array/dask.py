@@ -23,8 +23,8 @@ import contextlib
 import hashlib
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,7 @@ try:
     from distributed import TimeoutError as DaskTimeoutError
     from distributed.core import Status
     from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
+    from distributed.threadpoolexecutor import thread_state as executor_thread_state
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     raise ImportError(
         "shared_memory_array.dask needs Dask distributed: pip install 'shared-memory-array[dask]'"
@@ -191,6 +192,7 @@ class PublishedArray:
             identity = _segment.identity(name)
             if identity is not None:  # made by another worker of this host meanwhile
                 return name, identity
+            made: Identity | None = None
             try:
                 data = _on_a_source(self, here, worker.address, _source_view)
                 made = _hostcopy.create_once(data, self._fortran, name)
@@ -201,6 +203,10 @@ class PublishedArray:
                     made = None
             except ReleasedError:
                 made = None
+            except BaseException:
+                if made is not None:  # in place, but not known to be still published
+                    _hostcopy.release(name, made)
+                raise
         if made is None:
             _hostcopy.release(name, None)
             raise _released(name)
@@ -298,23 +304,23 @@ def _source_held(published: PublishedArray) -> bool:
     return _segment.identity(name) == identity
 
 
+_T = TypeVar("_T")
 _late_lock = threading.Lock()  # one late copy made at a time in this process
 _SOURCE_PRIORITY = 1_000_000  # ahead of the work queued on the source workers
 _SOURCE_CHECK_SECONDS = 10
 
 
-def _on_a_source(published: PublishedArray, here: str, me: str, function: Any) -> Any:
+def _on_a_source(
+    published: PublishedArray, here: str, me: str, function: Callable[[PublishedArray], _T]
+) -> _T:
     """Run ``function(published)`` on a worker of a host with a copy; return its result.
 
     Waits as long as the task is queued, but submits it again if every worker it
     could run on left the cluster (a source worker restarted gets a new address).
     """
     client: Any = get_client()  # distributed is partly untyped
+    sources = _sources(client, published, me)
     while True:
-        keys: dict[str, str] = client.run(_host_here, on_error="ignore")
-        sources = sorted(
-            address for address, key in keys.items() if key in published._copies and address != me
-        )
         if not sources:
             raise published._foreign(here, "no worker runs on a host with a copy")
         future = client.submit(
@@ -323,20 +329,38 @@ def _on_a_source(published: PublishedArray, here: str, me: str, function: Any) -
         try:
             while True:
                 try:
-                    return future.result(timeout=_SOURCE_CHECK_SECONDS)
+                    result: _T = future.result(timeout=_SOURCE_CHECK_SECONDS)
+                    return result
                 except DaskTimeoutError:
-                    if not set(sources) & set(client.scheduler_info()["workers"]):
-                        break  # every source left: look for others
+                    now = _sources(client, published, me)
+                    if not set(sources) & set(now):
+                        sources = now  # every source left: ask others
+                        break
         finally:
             client.cancel([future])
+
+
+def _sources(client: Any, published: PublishedArray, me: str) -> list[str]:
+    """The workers, other than ``me``, that run on a host with a copy of ``published``."""
+    keys: dict[str, str] = client.run(_host_here, on_error="ignore")
+    return sorted(
+        address for address, key in keys.items() if key in published._copies and address != me
+    )
 
 
 @contextlib.contextmanager
 def _seceded() -> Iterator[None]:
     """Leave the worker's thread pool while waiting, if this thread runs a task."""
-    in_task = getattr(thread_state, "key", None) is not None
+    # Only a thread of distributed's own executor can leave its pool, and only once
+    # (worker_client() or the task itself may have seceded already).
+    in_task = getattr(thread_state, "key", None) is not None and (
+        getattr(executor_thread_state, "executor", None) is not None
+    )
     if in_task:
-        secede()  # type: ignore[no-untyped-call]
+        try:
+            secede()  # type: ignore[no-untyped-call]
+        except KeyError:  # already seceded
+            in_task = False
     try:
         yield
     finally:
@@ -481,6 +505,10 @@ def _release_everywhere(client: Client, copies: Mapping[str, tuple[str, Identity
     try:
         # A worker lost meanwhile is no reason to stop: any worker of a host unlinks
         # that host's copy.
+        client.run(_release_on_host, copies, on_error="ignore")
+        # Again, now that every host with a copy has released it: a host added
+        # later that linked its copy meanwhile either finds its source released,
+        # or had linked it before this round (see PublishedArray._late_copy).
         client.run(_release_on_host, copies, on_error="ignore")
         client.run(_release_on_host, copies, nanny=True, on_error="ignore")
     finally:

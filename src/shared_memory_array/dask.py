@@ -282,7 +282,7 @@ def _released(name: str) -> ReleasedError:
     )
 
 
-def _late_name(copies: _Copies | Mapping[str, tuple[str, Any]], host: str) -> str:
+def _late_name(copies: Mapping[str, tuple[str, Any]], host: str) -> str:
     """The name of the copy of a host that joined after publish() (`PublishedArray.handle`)."""
     first = min((name for name, _ in copies.values()), default="")
     digest = hashlib.blake2b(f"{first} {host}".encode(), digest_size=8).hexdigest()

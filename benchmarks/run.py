@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
@@ -841,6 +841,10 @@ def _time_handoff(
     data = make_data(rows_for(config.handoff_mb))
     cleanups: list[Cleanup] = []
     samples: dict[tuple[str, int | None], list[float]] = {}
+    # The stdlib row's workers register each attach with a resource tracker: start
+    # ours before the pool forks, or each worker starts its own, which unlinks the
+    # segment when the worker exits (CPython gh-82300).
+    resource_tracker.ensure_running()
     try:
         with ctx.Pool(2) as pool:
             pool.map(task_nothing, range(1000))  # workers started and warm

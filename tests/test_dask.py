@@ -69,6 +69,12 @@ def segments(name: str) -> bool:
     return os.path.exists(os.path.join(SHM, name))
 
 
+def sums_read(client: Any, published: Any, tasks: int = 4) -> set[float]:
+    """The sums ``tasks`` tasks read from ``published``: one value if they all agree."""
+    results = client.gather(client.map(read, [published] * tasks, pure=False))
+    return {total for total, _, _ in results}
+
+
 def holders(name: str) -> list[int]:
     """The processes that have segment ``name`` open or mapped, unlinked or not."""
     return _mappers().get(name, [])
@@ -197,8 +203,7 @@ def test_client_restart_keeps_the_copy_for_the_new_workers(client, data):
         client.gather(client.map(read, [published] * 4, pure=False))
         client.restart()
         assert segments(only_name(published))
-        results = client.gather(client.map(read, [published] * 4, pure=False))
-        assert {total for total, _, _ in results} == {float(data.sum())}
+        assert sums_read(client, published) == {float(data.sum())}
 
 
 def test_every_worker_killed_at_once_leaves_the_copy_held_by_the_nannies(client, data):
@@ -210,8 +215,7 @@ def test_every_worker_killed_at_once_leaves_the_copy_held_by_the_nannies(client,
         wait_for_restart(client, pids)
         # Held, so `clean` spares it; LocalCluster runs its nannies in this process.
         assert holders(only_name(published)) == [os.getpid()]
-        results = client.gather(client.map(read, [published] * 4, pure=False))
-        assert {total for total, _, _ in results} == {float(data.sum())}
+        assert sums_read(client, published) == {float(data.sum())}
 
 
 def test_closing_the_cluster_frees_the_copies_its_workers_held(data):
@@ -241,8 +245,7 @@ def test_dropping_dask_results_and_replicas_never_frees_the_copy(client, data):
         gc.collect()
         time.sleep(0.5)
         assert segments(only_name(published))
-        results = client.gather(client.map(read, [published] * 4, pure=False))
-        assert {total for total, _, _ in results} == {float(data.sum())}
+        assert sums_read(client, published) == {float(data.sum())}
 
 
 def test_a_killed_worker_never_takes_the_copy_along(client, data):
@@ -252,8 +255,7 @@ def test_a_killed_worker_never_takes_the_copy_along(client, data):
         os.kill(victim, signal.SIGKILL)
         wait_for_restart(client, {victim})
         assert segments(only_name(published))
-        results = client.gather(client.map(read, [published] * 6, pure=False))
-        assert {total for total, _, _ in results} == {float(data.sum())}
+        assert sums_read(client, published, 6) == {float(data.sum())}
 
 
 def test_publishing_again_keeps_earlier_copies(client, data):

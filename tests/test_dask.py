@@ -23,6 +23,7 @@ from shared_memory_array import (
     SegmentNotFoundError,
     SharedMemoryArray,
     UnsupportedDtypeError,
+    _hostcopy,
     _names,
     _rebuild,
 )
@@ -299,7 +300,7 @@ def test_a_worker_on_a_host_added_after_publish_makes_its_hosts_copy_at_first_us
     assert not any(writeable for _, writeable, _ in results)
     [made] = made_since(before, client)  # and no draft left
     assert made.startswith("sma_late_")
-    assert made in client.run(_hostcopy_held, workers=[late])[late]
+    assert made in client.run(_hostcopy.held, workers=[late])[late]
     published.release()
     assert not segments(made)
     error = client.submit(read, published, workers=[late], pure=False).exception(timeout=60)
@@ -339,8 +340,6 @@ def test_two_new_hosts_that_copy_from_each_other_never_deadlock(client, data):
     x, y = sorted(client.run(os.getpid))
     client.run(pretend_to_run_on, "host-x:1", workers=[x])
     client.run(pretend_to_run_on, "host-y:1", workers=[y])
-    from shared_memory_array import _hostcopy
-
     first = _hostcopy.create(data, False, _names.generate())
     second = _hostcopy.create(data * 2, False, _names.generate())
     on_x = smd.PublishedArray({"host-x:1": first}, data.shape, data.dtype, False)
@@ -359,8 +358,6 @@ def test_two_new_hosts_that_copy_from_each_other_never_deadlock(client, data):
 
 def release_before_linking(name: str) -> None:
     """Make this worker's next late copy see ``release()`` run between fetch and link."""
-    from shared_memory_array import _hostcopy
-
     make = _hostcopy.create_once
 
     def released_meanwhile(*args: Any) -> Any:
@@ -381,12 +378,6 @@ def test_a_release_during_a_new_hosts_fetch_leaves_no_copy_there(client, data):
     assert error.segment.startswith("sma_late_")
     assert made_since(before, client) == set()
     published.release()
-
-
-def _hostcopy_held() -> list[str]:
-    from shared_memory_array import _hostcopy
-
-    return _hostcopy.held()
 
 
 def test_a_plain_handle_from_another_host_raises_foreign_host_error():

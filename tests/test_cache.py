@@ -51,8 +51,7 @@ def test_a_name_made_again_is_a_new_segment_never_a_stale_mapping():
 def test_mapping_of_an_unlinked_segment_is_dropped_by_the_next_attach():
     raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=4096)
     try:
-        client = SharedMemoryArray.attach(raw.name, (512,), "f8")
-        client.close()
+        SharedMemoryArray.attach(raw.name, (512,), "f8")  # garbage collected, not closed
         assert mappings_of(raw.name) == 2  # the stdlib's own mapping and our cached one
     finally:
         raw.unlink()
@@ -67,7 +66,7 @@ def test_release_cached_mappings_drops_mappings_nothing_uses():
     try:
         client = SharedMemoryArray.attach(raw.name, (512,), "f8")
         view = client.as_array()
-        client.close()
+        del client  # garbage collected, not closed: the cache keeps the mapping
         assert release_cached_mappings() >= 1
         assert mappings_of(raw.name) == 2  # the view still uses it
         del view
@@ -102,7 +101,7 @@ def test_unlinked_mappings_are_dropped_once_dev_shm_settles_too():
     raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=4096)
     with SharedMemoryArray.allocate(None, 1) as other:
         payload = pickle.dumps(other)
-        SharedMemoryArray.attach(raw.name, (512,), "f8").close()
+        SharedMemoryArray.attach(raw.name, (512,), "f8")  # garbage collected: still cached
         time.sleep(0.2)  # past the window where directory timestamps are not trusted
         pickle.loads(payload).as_array()  # everything checked: /dev/shm state recorded
         pickle.loads(payload).as_array()  # nothing changed: no check
@@ -146,3 +145,60 @@ def test_a_pickled_handle_is_served_its_mapping_even_after_unlink_then_it_goes()
         assert pickle.loads(payload).as_array().tolist() == [0, 1, 2]
         pickle.loads(pickle.dumps(other)).as_array()  # the next attach drops it
         assert (name, False) not in _cache._entries
+
+
+def test_a_failed_attach_keeps_no_mapping_alive_in_its_traceback():
+    """Dask keeps an erred task's exception: its frames must not pin other mappings."""
+    owner = SharedMemoryArray.allocate(None, 100)
+    name = owner.name
+    SharedMemoryArray.allocate(None, 1).close()  # /dev/shm changed: attach checks its entries
+    foreign = pickle.loads(pickle.dumps(owner))
+    foreign._name, foreign._host = helpers.raw_name(), "elsewhere:0"
+    kept = []
+    for failing in (lambda: SharedMemoryArray.attach(helpers.raw_name()), foreign.as_array):
+        try:
+            failing()
+        except FileNotFoundError as exc:
+            kept.append(exc)
+    assert [type(exc).__name__ for exc in kept] == ["SegmentNotFoundError", "ForeignHostError"]
+    owner.close()
+    assert mappings_of(name) == 0
+
+
+def test_closing_the_last_handle_unmaps_at_once():
+    with SharedMemoryArray.allocate(None, 1000) as owner:
+        name, payload = owner.name, pickle.dumps(owner)
+        for _ in range(100):
+            handle = pickle.loads(payload)
+            handle.as_array()[:] += 1
+            handle.close()
+            attached = SharedMemoryArray.attach(name)
+            region = attached[10:20]
+            attached.as_array()[0] += 1
+            attached.close()
+            assert (name, False) in _cache._entries  # the owner still uses it
+            region.close()
+        assert owner.as_array()[0] == 200
+    assert mappings_of(name) == 0
+
+
+def test_an_explicit_close_lets_go_and_garbage_collection_keeps_the_mapping():
+    raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=4096)
+    try:
+        first = SharedMemoryArray.attach(raw.name, (512,), "f8")
+        second = pickle.loads(pickle.dumps(first))
+        view = second.as_array()
+        del first  # garbage collected, not closed: a pool task's handle
+        assert mappings_of(raw.name) == 2  # the stdlib's own mapping and our cached one
+        second.close()  # the last live handle: the cache lets go
+        assert (raw.name, False) not in _cache._entries
+        assert mappings_of(raw.name) == 2  # the view still uses it
+        del view
+        assert mappings_of(raw.name) == 1
+        readonly = SharedMemoryArray.attach(raw.name, (512,), "f8", readonly=True)
+        del readonly
+        assert (raw.name, True) in _cache._entries  # kept for the next task
+    finally:
+        release_cached_mappings()
+        raw.close()
+        raw.unlink()

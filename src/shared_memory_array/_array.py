@@ -6,6 +6,7 @@ import contextlib
 import functools
 import operator
 import os
+import weakref
 from collections.abc import Iterator
 from multiprocessing import util
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -109,6 +110,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     # Class-level defaults: handles are built by _make(), which sets only the rest.
     _mapped: Bytes | None = None  # the whole segment; holds the mapping
+    _users: weakref.WeakSet[Any] | None = None  # live handles of this process over it
     _closed = False
     _owner_pid = 0
     _finalizer: util.Finalize | None = None
@@ -269,7 +271,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             layout,
             filled=source is not None,
         )
-        self = cls._make(name, layout, mapped.segment)
+        self = cls._make(name, layout, None)
+        self._use(mapped)
         self._identity = mapped.identity
         self._array = mapped.array
         try:
@@ -349,9 +352,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def _from_mapped(
         cls, name: str, layout: Layout, mapped: _cache.Mapped, readonly: bool
     ) -> SharedMemoryArray[Any]:
-        self = cls._make(name, layout, mapped.segment)
-        self._identity = mapped.identity
+        self = cls._make(name, layout, None)
         self._readonly = readonly
+        self._use(mapped)
+        self._identity = mapped.identity
         if layout == mapped.layout:
             self._array = mapped.array
         return self
@@ -421,6 +425,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         start = segment.__array_interface__["data"][0] + self._layout.offset
         region = Region(view.__array_interface__["data"][0] - start, view.shape, view.strides)
         handle = type(self)._make(self._name, self._layout, self._mapped)
+        if self._users is not None:
+            handle._users = self._users
+            self._users.add(handle)
         handle._region = region
         handle._identity = self._identity
         handle._readonly = self._readonly
@@ -449,13 +456,19 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         ):
             # the common case: the pickle matches the header
             self._layout = found
-            self._mapped = mapped.segment
+            self._use(mapped)
             return mapped.array
         shape, dtype, fortran, _ = self._layout
         self._layout = _resolve(name, mapped, shape, dtype, "F" if fortran else "C", validate=True)
         self._reduced = None
-        self._mapped = mapped.segment
+        self._use(mapped)
         return None
+
+    def _use(self, mapped: _cache.Mapped) -> None:
+        """Take this process's cached mapping, counted among its live handles."""
+        self._mapped = mapped.segment
+        self._users = mapped.users
+        mapped.users.add(self)
 
     def _foreign_or(self, exc: SegmentNotFoundError) -> SegmentNotFoundError:
         """`ForeignHostError` if this handle was pickled on another host, else ``exc``."""
@@ -537,9 +550,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._closed:
             return
         self._closed = True
-        self._mapped = self._array = None
+        segment, users = self._mapped, self._users
+        self._mapped = self._array = self._users = None
         if self.owner:
             self._unlink()
+        elif users is not None and segment is not None:
+            _cache.let_go(self._name, self._readonly, segment, self)
 
     def unlink(self) -> None:
         """Remove the segment's name now; only the owner may.

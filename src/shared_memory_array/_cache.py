@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -44,10 +45,12 @@ class Mapped(NamedTuple):
     identity: Identity | None
     layout: Layout | None
     array: np.ndarray[Any, Any] | None  # the whole array, per ``layout``
+    users: weakref.WeakSet[Any]  # this process's live handles over this mapping
 
     @classmethod
     def of(cls, segment: Bytes, identity: Identity | None, layout: Layout | None) -> Mapped:
-        return cls(segment, identity, layout, None if layout is None else layout.view(segment))
+        array = None if layout is None else layout.view(segment)
+        return cls(segment, identity, layout, array, weakref.WeakSet())
 
 
 # Reentrant: an owner's finalizer calls forget(), and garbage collection can run
@@ -80,6 +83,39 @@ def _same_segment(a: Identity | None, b: Identity | None) -> bool:
     return a is None or b is None or a[:2] == b[:2]
 
 
+def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
+    """The cached mapping for ``key`` if still current, after dropping stale entries.
+
+    Call with ``_lock`` held.  Kept apart from `attach` so that no frame of a failed
+    attach holds a mapping: an exception's traceback keeps its frames' locals alive,
+    and Dask keeps an erred task's traceback (issue 10).
+    """
+    global _checked_state
+    hit = _entries.get(key)
+    # A pickled handle naming a segment mapped here is served that mapping: it
+    # is the very segment, unlinked or not.
+    served = hit is not None and identity is not None and hit.identity == identity
+    if served and len(_entries) == 1:
+        return hit  # nothing else is cached: the common case of a pool worker
+    if _entries:
+        state = _segment.directory_state()
+        if state is None or state != _checked_state:  # something was made or unlinked
+            complete = True
+            for other, cached in list(_entries.items()):
+                if _segment.identity(other[0]) == cached.identity:
+                    continue
+                if served and other == key:
+                    complete = False  # gone, but named by this pickle: serve it once more
+                else:
+                    _entries.pop(other, None)
+            _checked_state = state if complete else None
+    hit = _entries.get(key)
+    if hit is not None and (identity is None or hit.identity == identity):
+        _entries.move_to_end(key)
+        return hit
+    return None
+
+
 def attach(
     name: str, identity: Identity | None = None, *, readonly: bool = False, validate: bool = True
 ) -> Mapped:
@@ -90,45 +126,30 @@ def attach(
     ``readonly`` mappings are made with ``PROT_READ`` and cached apart.  The
     name is validated before anything is opened, unless ``validate`` is False.
     """
-    global _checked_state
     key = (name, readonly)
     with _lock:
-        hit = _entries.get(key)
-        # A pickled handle naming a segment mapped here is served that mapping: it
-        # is the very segment, unlinked or not.
-        served = hit is not None and identity is not None and hit.identity == identity
-        if served and hit is not None and len(_entries) == 1:
-            return hit  # nothing else is cached: the common case of a pool worker
-        if _entries:
-            state = _segment.directory_state()
-            if state is None or state != _checked_state:  # something was made or unlinked
-                complete = True
-                for other, cached in list(_entries.items()):
-                    if _segment.identity(other[0]) == cached.identity:
-                        continue
-                    if served and other == key:
-                        complete = False  # gone, but named by this pickle: serve it once more
-                    else:
-                        _entries.pop(other, None)
-                _checked_state = state if complete else None
-        hit = _entries.get(key)
-        if hit is not None and (identity is None or hit.identity == identity):
-            _entries.move_to_end(key)
-            return hit
+        hit = _lookup(key, identity)
+    if hit is not None:
+        return hit
     if validate:
         _names.validate(name)
     segment, found, head = _segment.open_existing(name, writable=not readonly)
+    problem: Exception | None = None
     if not _same_segment(identity, found):
-        raise SegmentNotFoundError(
+        problem = SegmentNotFoundError(
             f"shared memory segment {name!r} was unlinked; its name now belongs to another segment",
             segment=name,
         )
-    try:
-        mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
-    except LayoutError:
-        raise
-    except ValueError as exc:  # NumPy refused a layout the header checks let through
-        raise LayoutError(f"segment {name!r} has a corrupt header: {exc}", segment=name) from None
+    else:
+        try:
+            mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
+        except LayoutError as exc:
+            problem = exc
+        except ValueError as exc:  # NumPy refused a layout the header checks let through
+            problem = LayoutError(f"segment {name!r} has a corrupt header: {exc}", segment=name)
+    if problem is not None:
+        del segment  # a traceback keeps this frame: it must not keep the mapping too
+        raise problem
     _remember(key, mapped)
     return mapped
 
@@ -145,6 +166,24 @@ def create(
         raise LayoutError(f"cannot lay out segment {name!r}: {exc}", segment=name) from None
     _remember((name, False), mapped)
     return mapped
+
+
+def let_go(name: str, readonly: bool, segment: Bytes, handle: object) -> None:
+    """``handle`` was closed: drop the mapping if no other live handle here uses it.
+
+    Arrays still using the mapping keep it, as always; the cache no longer does,
+    so closing the last handle frees the memory of an unlinked segment at once.
+    Handles that are merely garbage collected leave the entry cached, for the next
+    task of a pool worker to reuse.
+    """
+    key = (name, readonly)
+    with _lock:
+        entry = _entries.get(key)
+        if entry is None or entry.segment is not segment:
+            return
+        entry.users.discard(handle)
+        if not entry.users:
+            del _entries[key]
 
 
 def forget(name: str) -> None:

@@ -37,6 +37,7 @@ def test_all_is_pinned():
         "SharedMemoryArrayError",
         "SharedMemoryManager",
         "UnsupportedDtypeError",
+        "UntrustedSegmentError",
         "__version__",
         "clean_segments",
         "empty",

@@ -146,3 +146,63 @@ def test_publishing_more_than_dev_shm_holds_raises_and_leaves_nothing():
     assert lines[0].startswith("OutOfSharedMemoryError ")
     assert int(lines[0].split()[1]) > 32 * 1024 * 1024
     assert lines[1:] == ["[]", str(float(1024 * 1024)), "[]"]
+
+
+def test_read_only_attach_of_a_sparse_foreign_segment_in_a_full_dev_shm_is_refused():
+    """tmpfs allocates a page even to read a hole: reading it then would SIGBUS."""
+    result = run_in_small_shm(
+        """
+        import os
+        from multiprocessing import shared_memory, resource_tracker
+        import numpy as np
+        from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
+        raw = shared_memory.SharedMemory("test_0_sparse", create=True, size=8 << 20)
+        resource_tracker.unregister(raw._name, "shared_memory")  # this test unlinks it
+        with open("/dev/shm/test_0_filler", "wb") as filler:  # fill /dev/shm
+            try:
+                while True:
+                    filler.write(bytes(1 << 20))
+                    filler.flush()
+            except OSError:
+                pass
+        for readonly in (True, False):
+            try:
+                view = SharedMemoryArray.attach(raw.name, (1 << 20,), "f8", readonly=readonly)
+                print(float(view.as_array().sum()))
+            except OutOfSharedMemoryError as error:
+                print(type(error).__name__, raw.name in str(error))
+        raw.close()
+        raw.unlink()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["OutOfSharedMemoryError True"] * 2
+
+
+def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
+    script = """
+        import numpy as np
+        from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
+        kept = []
+        try:
+            while True:
+                kept.append(SharedMemoryArray.allocate(None, 1))
+        except OutOfSharedMemoryError as error:
+            print(len(kept) > 0, error.segment is not None)
+        for handle in kept:
+            handle.close()
+        """
+    command = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=16m,nr_inodes=20 tmpfs /dev/shm && exec "$0" -c "$1"',
+        sys.executable,
+        textwrap.dedent(script),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]

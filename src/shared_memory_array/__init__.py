@@ -24,6 +24,7 @@ from ._errors import (
     SegmentNotFoundError,
     SharedMemoryArrayError,
     UnsupportedDtypeError,
+    UntrustedSegmentError,
 )
 from ._functions import empty, share, zeros
 from ._inspect import SegmentInfo, clean_segments, list_segments, segment_info
@@ -50,6 +51,7 @@ __all__ = [
     "SharedMemoryArrayError",
     "SharedMemoryManager",
     "UnsupportedDtypeError",
+    "UntrustedSegmentError",
     "__version__",
     "clean_segments",
     "empty",

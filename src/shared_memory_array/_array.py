@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _cache, _compat, _layout, _names, _segment
+from . import _cache, _compat, _interrupts, _layout, _names, _segment
 from ._errors import (
     ClosedHandleError,
     ForeignHostError,
@@ -47,18 +47,36 @@ def _fortran(order: str | None) -> bool:
 
 
 def _blocks(array: np.ndarray[Any, Any], fortran: bool) -> Iterator[tuple[int, Bytes]]:
-    """Yield ``(offset, bytes)`` pieces of ``array`` laid out in C or Fortran order."""
+    """Yield ``(offset, bytes)`` pieces of ``array`` laid out in C or Fortran order.
+
+    A non-contiguous array is copied in pieces of at most about `_COPY_BLOCK_BYTES`,
+    however its dimensions fall: a (1, 2**27) strided array too.
+    """
     if fortran:  # the Fortran-order bytes of a are the C-order bytes of a.T
         array = array.T
     if array.flags.c_contiguous:
         yield 0, array.reshape(-1).view(np.uint8)
         return
-    rows_per_block = max(1, _COPY_BLOCK_BYTES // max(1, array[0].nbytes))
     offset = 0
-    for start in range(0, array.shape[0], rows_per_block):
-        block = np.ascontiguousarray(array[start : start + rows_per_block])
+    for piece in _pieces_of(array):
+        block = np.ascontiguousarray(piece)
         yield offset, block.reshape(-1).view(np.uint8)
         offset += block.nbytes
+
+
+def _pieces_of(array: np.ndarray[Any, Any]) -> Iterator[np.ndarray[Any, Any]]:
+    """Split ``array`` into parts of at most `_COPY_BLOCK_BYTES`, in C order."""
+    if array.nbytes <= _COPY_BLOCK_BYTES or array.ndim == 0:
+        yield array
+        return
+    row_bytes = array[0].nbytes if array.shape[0] else 0
+    if row_bytes > _COPY_BLOCK_BYTES and array.ndim > 1:
+        for row in array:
+            yield from _pieces_of(row)
+        return
+    rows = max(1, _COPY_BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, array.shape[0], rows):
+        yield array[start : start + rows]
 
 
 def _still_ours(name: str, identity: Identity | None) -> bool:
@@ -264,31 +282,36 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         keeper = creator if link is None else link.pid
         header, offset = _layout.encode(shape, dtype, fortran, creator, keeper)
         layout = Layout(shape, dtype, fortran, offset)
-        mapped = _cache.create(
-            name,
-            offset + layout.nbytes,
-            _pieces(header, offset, source, fortran),
-            layout,
-            filled=source is not None,
-        )
-        self = cls._make(name, layout, None)
-        self._use(mapped)
-        self._identity = mapped.identity
-        self._array = mapped.array
-        try:
-            if link is None:
-                _compat.register_creator(name)
-                self._finalizer = util.Finalize(
-                    self, _release, args=(name, os.getpid(), self._identity), exitpriority=0
-                )
-            else:
-                _compat.manager_track(link, name)
-                self._manager = link
-        except BaseException:
-            _segment.unlink(name)
-            _cache.forget(name)
-            raise
-        self._owner_pid = os.getpid()
+        # Until the handle and its finalizer exist, a Ctrl-C would leak the segment;
+        # it comes between the blocks of a copy instead, or once the handle exists.
+        with _interrupts.deferred():
+            mapped = _cache.create(
+                name,
+                offset + layout.nbytes,
+                _pieces(header, offset, source, fortran),
+                layout,
+                filled=source is not None,
+            )
+            self = cls._make(name, layout, None)
+            self._use(mapped)
+            self._identity = mapped.identity
+            self._array = mapped.array
+            try:
+                if link is None:
+                    _compat.register_creator(name)
+                    # exitpriority -1: at exit, after multiprocessing has joined the
+                    # non-daemon children that may still use the segment (issue 10).
+                    self._finalizer = util.Finalize(
+                        self, _release, args=(name, os.getpid(), self._identity), exitpriority=-1
+                    )
+                else:
+                    _compat.manager_track(link, name)
+                    self._manager = link
+            except BaseException:
+                _segment.unlink(name)
+                _cache.forget(name)
+                raise
+            self._owner_pid = os.getpid()
         return self
 
     @classmethod
@@ -300,6 +323,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         *,
         order: Order | None = None,
         readonly: bool = False,
+        allow_untrusted: bool = False,
     ) -> SharedMemoryArray[Any]:
         """Attach to an existing segment by name; the handle is not an owner.
 
@@ -316,17 +340,25 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             Map the segment read-only: arrays from `as_array` cannot be written or
             made writeable (the memory itself is mapped without write access), and
             the handle pickles as read-only too.
+        allow_untrusted : bool, default False
+            Also attach a segment that another user owns, or that users other
+            than its owner may write to (anyone can create files in ``/dev/shm``,
+            so such a segment may have been planted under this name).
 
         Raises
         ------
         SegmentNotFoundError
-            No segment has this name.
+            No segment has this name (or what has it is not a regular file).
+        UntrustedSegmentError
+            The segment is another user's, or others may write to it.
         LayoutError
             The given shape, dtype or order differ from the segment's, or the
             segment is too small for them.  Nothing is unlinked.
         """
         name = _names.validate(name)
-        mapped = _cache.attach(name, readonly=readonly, validate=False)  # validated above
+        mapped = _cache.attach(  # the name is validated above
+            name, readonly=readonly, validate=False, trusted_only=not allow_untrusted
+        )
         layout = _resolve(name, mapped, shape, dtype, order, validate=True)
         return cls._from_mapped(name, layout, mapped, readonly)
 
@@ -339,12 +371,17 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         *,
         order: Order | None = None,
         readonly: bool = False,
+        allow_untrusted: bool = False,
     ) -> SharedMemoryArray[Any]:
         """`attach` without validating the name or comparing arguments with the header.
 
         The view is still bounded by the segment: a shape too large raises from NumPy.
+        Safety checks stay: the name must not escape ``/dev/shm``, and untrusted
+        segments are refused as by `attach`.
         """
-        mapped = _cache.attach(name, readonly=readonly, validate=False)
+        mapped = _cache.attach(
+            name, readonly=readonly, validate=False, trusted_only=not allow_untrusted
+        )
         layout = _resolve(name, mapped, shape, dtype, order, validate=False)
         return cls._from_mapped(name, layout, mapped, readonly)
 
@@ -386,18 +423,19 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         region = self._region
         if region is None:
             return whole if whole is not None else self._layout.view(segment)
-        dtype, offset = self._layout.dtype, self._layout.offset
-        data = segment[offset : offset + self._layout.nbytes]
-        try:  # NumPy checks that the strided region lies inside ``data``
-            return np.ndarray(
-                region.shape, dtype, buffer=data, offset=region.offset, strides=region.strides
-            )
+        dtype, offset, nbytes = self._layout.dtype, self._layout.offset, self._layout.nbytes
+        data = segment[offset : offset + nbytes]
+        try:  # checked here first: NumPy's own check overflows on huge strides
+            if region.fits(nbytes, dtype.itemsize):
+                return np.ndarray(
+                    region.shape, dtype, buffer=data, offset=region.offset, strides=region.strides
+                )
         except (ValueError, TypeError):
-            raise LayoutError(
-                f"region {region} does not fit in segment {self._name!r} "
-                f"({self._layout.nbytes} bytes of data)",
-                segment=self._name,
-            ) from None
+            pass
+        raise LayoutError(
+            f"region {region} does not fit in segment {self._name!r} ({nbytes} bytes of data)",
+            segment=self._name,
+        )
 
     def __getitem__(self, key: Any) -> SharedMemoryArray[_ScalarT_co]:
         """Return a handle to a region of the array, e.g. ``shared[1000:2000]``.
@@ -407,15 +445,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         handle, and is never an owner.  For fancy indexing, index the array from
         `as_array` instead.
         """
-        parts = key if isinstance(key, tuple) else (key,)
-        for part in parts:
-            if isinstance(part, bool) or not (
-                part is None or part is Ellipsis or isinstance(part, slice) or _is_index(part)
-            ):
-                raise TypeError(
-                    "a region handle takes basic indexing only (integers, slices, ..., None), "
-                    f"got {type(part).__name__}; index the array from as_array() instead"
-                )
+        parts = tuple(_basic_index(part) for part in (key if isinstance(key, tuple) else (key,)))
         array = self.as_array()
         # A trailing Ellipsis makes integer-only indexing return a 0-d view, not a scalar.
         view = array[parts if Ellipsis in parts else (*parts, Ellipsis)]
@@ -711,12 +741,19 @@ def _pieces(
             yield offset + at, block
 
 
-def _is_index(value: object) -> bool:
-    try:
-        operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return False
-    return True
+def _basic_index(part: object) -> Any:
+    """``part`` of a basic index, integers as ``int``; TypeError for anything else."""
+    if part is None or part is Ellipsis or isinstance(part, slice):
+        return part
+    if not isinstance(part, (bool, np.bool_, np.ndarray)):  # a 0-d array indexes by copy
+        try:
+            return operator.index(part)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise TypeError(
+        "a region handle takes basic indexing only (integers, slices, ..., None), "
+        f"got {type(part).__name__}; index the array from as_array() instead"
+    )
 
 
 def _checked_name(name: str | None) -> str | None:

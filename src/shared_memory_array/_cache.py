@@ -117,7 +117,12 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
 
 
 def attach(
-    name: str, identity: Identity | None = None, *, readonly: bool = False, validate: bool = True
+    name: str,
+    identity: Identity | None = None,
+    *,
+    readonly: bool = False,
+    validate: bool = True,
+    trusted_only: bool = False,
 ) -> Mapped:
     """Return a mapping of segment ``name``, reusing this process's if still current.
 
@@ -125,6 +130,8 @@ def attach(
     belongs to another segment, that one was unlinked: `SegmentNotFoundError`.
     ``readonly`` mappings are made with ``PROT_READ`` and cached apart.  The
     name is validated before anything is opened, unless ``validate`` is False.
+    ``trusted_only`` refuses a segment another user owns or others may write to
+    (see `UntrustedSegmentError`) when it is not mapped here already.
     """
     key = (name, readonly)
     with _lock:
@@ -133,7 +140,9 @@ def attach(
         return hit
     if validate:
         _names.validate(name)
-    segment, found, head = _segment.open_existing(name, writable=not readonly)
+    segment, found, head = _segment.open_existing(
+        name, writable=not readonly, trusted_only=trusted_only
+    )
     problem: Exception | None = None
     if not _same_segment(identity, found):
         problem = SegmentNotFoundError(

@@ -9,6 +9,7 @@ segment exists yet) and subclasses the builtin that code already catches::
     │   └── ReleasedError
     ├── SegmentExistsError(FileExistsError)
     ├── NotOwnerError(PermissionError)
+    ├── UntrustedSegmentError(PermissionError)
     ├── OutOfSharedMemoryError(OSError, MemoryError)
     ├── LockTimeoutError(TimeoutError)
     ├── InvalidNameError(ValueError)
@@ -38,6 +39,7 @@ __all__ = [
     "SegmentNotFoundError",
     "SharedMemoryArrayError",
     "UnsupportedDtypeError",
+    "UntrustedSegmentError",
 ]
 
 
@@ -109,6 +111,19 @@ class NotOwnerError(SharedMemoryArrayError, PermissionError):
     def __init__(self, message: str, *, segment: str | None = None) -> None:
         super().__init__(message, segment=segment)
         self.errno = errno.EPERM
+
+
+class UntrustedSegmentError(SharedMemoryArrayError, PermissionError):
+    """A segment another user owns, or others may write to, was attached by name.
+
+    Anyone can create files in ``/dev/shm``: such a segment may have been planted
+    under a name a program uses, and its data changed at any time.  Pass
+    ``allow_untrusted=True`` to `SharedMemoryArray.attach` to attach it anyway.
+    """
+
+    def __init__(self, message: str, *, segment: str | None = None) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.EACCES
 
 
 class OutOfSharedMemoryError(SharedMemoryArrayError, OSError, MemoryError):

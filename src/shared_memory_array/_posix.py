@@ -14,10 +14,12 @@ unmapped exactly when the last array using it is gone, never earlier.
 from __future__ import annotations
 
 import _posixshmem
+import contextlib
 import ctypes
 import errno
 import mmap
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -25,14 +27,22 @@ from typing import Any
 
 import numpy as np
 
-from . import _layout
-from ._errors import OutOfSharedMemoryError, SegmentExistsError, SegmentNotFoundError
+from . import _interrupts, _layout, _namespace
+from ._errors import (
+    InvalidNameError,
+    OutOfSharedMemoryError,
+    SegmentExistsError,
+    SegmentNotFoundError,
+    UntrustedSegmentError,
+)
 
 SHM_DIR = "/dev/shm"
 _ON_LINUX = sys.platform.startswith("linux")
 _CAN_RESERVE = hasattr(os, "posix_fallocate")  # not on macOS
 _HEAD_GUESS = 256  # bytes read first: the whole header unless the dtype is long
 _COARSE_CLOCK_NS = 100_000_000  # file timestamps may lag by a clock tick (1-10 ms)
+_RESERVE_BLOCK = 1 << 28  # fallocate in pieces, so a Ctrl-C stops a large one soon
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC  # what shm_open adds on Linux
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
@@ -49,6 +59,17 @@ _libc_munmap = _libc.munmap
 _libc_munmap.restype = ctypes.c_int
 _libc_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_renameat2 = getattr(_libc, "renameat2", None)  # glibc 2.28+; absent on macOS
+if _renameat2 is not None:
+    _renameat2.restype = ctypes.c_int
+    _renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+_AT_FDCWD = -100
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 Bytes = np.ndarray[Any, np.dtype[np.uint8]]
@@ -124,9 +145,9 @@ def identity(name: str) -> Identity | None:
     """Return the identity of segment ``name`` now, or ``None`` if there is none."""
     try:
         if _ON_LINUX:  # one stat() instead of shm_open + fstat + close
-            return _identity(os.stat(os.path.join(SHM_DIR, name)))
+            return _identity(os.stat(_path(name)))
         fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
-    except OSError:  # gone, or not ours to see: not the segment we knew
+    except (OSError, InvalidNameError):  # gone, or not ours to see: not the segment we knew
         return None
     try:
         return _identity(os.fstat(fd))
@@ -152,6 +173,31 @@ def directory_state() -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _path(name: str) -> str:
+    """The file of segment ``name``, refusing names the OS would read as another name."""
+    # Even the _unsafe constructors come here: a NUL would cut the name short, and a
+    # '/' would leave /dev/shm.
+    if not name or "\0" in name or "/" in name or name in (".", ".."):
+        raise InvalidNameError(f"invalid segment name {name!r}", segment=name or None)
+    return os.path.join(SHM_DIR, name)
+
+
+# Descriptors of segments being made in this process.  A fork()ed child inherits
+# them, and an open descriptor keeps the whole segment allocated: it closes them.
+_creating: set[int] = set()
+
+
+def _close_inherited_creations() -> None:
+    for fd in list(_creating):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _creating.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_creations)
+
+
 def create(
     name: str, size: int, chunks: Iterable[tuple[int, Bytes]] = (), *, filled: bool = False
 ) -> tuple[Bytes, Identity]:
@@ -166,42 +212,117 @@ def create(
         otherwise it is reserved up front with ``posix_fallocate``.  Either way a full
         ``/dev/shm`` gives `OutOfSharedMemoryError` here, never SIGBUS on a later write.
 
-    The segment is made with ``O_CREAT | O_EXCL`` and mode 0600, and unlinked again if
-    anything fails, so no partial segment is left.
+    On Linux the segment is made under a draft name (see `_namespace`) and linked
+    to ``name`` only once complete, so no process ever sees it half written, and
+    what a process killed meanwhile leaves is a draft that ``clean`` recognises.
+    Call it inside `_interrupts.deferred`: a Ctrl-C is delivered between blocks,
+    where the draft is sure to be removed.  Mode 0600; nothing is left on failure.
     """
+    if not _ON_LINUX:  # pragma: no cover - macOS: no /dev/shm to link in
+        return _create_in_place(name, size, chunks, filled)
+    path = _path(name)
+    if os.path.lexists(path):  # fail before a long copy; the link below decides
+        raise _exists(name)
+    draft = os.path.join(SHM_DIR, _namespace.draft_name())
     try:
-        fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    except FileExistsError:
-        raise SegmentExistsError(
-            f"shared memory segment {name!r} already exists", segment=name
-        ) from None
+        fd = os.open(draft, os.O_CREAT | os.O_EXCL | os.O_RDWR | _OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        raise _creation_error(exc, name, size) from None
+    failure: OSError | None = None
+    _creating.add(fd)
     try:
-        segment = _fill_and_map(fd, size, chunks, filled)
-        st = os.fstat(fd)
-    except BaseException as exc:
+        try:
+            _fill(fd, size, chunks, filled)
+            st = os.fstat(fd)
+            renamed = _publish(draft, path)
+        except OSError as exc:
+            failure = exc
+        else:
+            try:
+                segment = _map(fd, size, writable=True) if renamed else _map_linked(path, st)
+            except BaseException:
+                os.unlink(path)
+                raise
+    finally:
+        _creating.discard(fd)
         os.close(fd)  # first: an open descriptor keeps an unlinked file's pages
-        _posixshmem.shm_unlink("/" + name)
-        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-            raise _out_of_memory(name, size) from None
-        raise
-    os.close(fd)
+        with contextlib.suppress(FileNotFoundError):  # published: renamed away
+            os.unlink(draft)
+    if failure is not None:  # raised once the draft is gone, so free space is right
+        raise _creation_error(failure, name, size)
     return segment, _identity(st)
 
 
-def _fill_and_map(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool) -> Bytes:
-    if not _CAN_RESERVE:  # macOS: no fallocate, and no write() on shm
+def _publish(draft: str, path: str) -> bool:
+    """Give the complete draft its name unless the name is taken; False if by a link."""
+    # Rename when the C library can: /proc/<pid>/maps and fd show a file by the
+    # name it was opened under, and `clean` finds the users of a segment there.
+    if _renameat2 is not None:
+        if _renameat2(_AT_FDCWD, os.fsencode(draft), _AT_FDCWD, os.fsencode(path), 1) == 0:
+            return True  # 1: RENAME_NOREPLACE
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks the flag
+            raise OSError(err, os.strerror(err), path)
+    os.link(draft, path)
+    return False
+
+
+def _map_linked(path: str, expected: os.stat_result) -> Bytes:
+    """Map a segment published by a link through its real name (see `_publish`)."""
+    fd = os.open(path, os.O_RDWR | _OPEN_FLAGS)
+    try:
+        if _identity(os.fstat(fd))[:2] != _identity(expected)[:2]:
+            raise FileNotFoundError(errno.ENOENT, "replaced as it was made", path)
+        return _map(fd, expected.st_size, writable=True)
+    finally:
+        os.close(fd)
+
+
+def _exists(name: str) -> SegmentExistsError:
+    return SegmentExistsError(f"shared memory segment {name!r} already exists", segment=name)
+
+
+def _creation_error(exc: OSError, name: str, size: int) -> Exception:
+    if exc.errno == errno.EEXIST:
+        return _exists(name)
+    if exc.errno in _NO_SPACE:  # no room, or (at open or link) no inode left
+        return _out_of_memory(name, size)
+    return exc
+
+
+def _fill(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool) -> None:
+    """Reserve the segment's memory and write ``chunks``, interruptible between blocks."""
+    if filled:
+        os.ftruncate(fd, size)
+    else:
+        for start in range(0, size, _RESERVE_BLOCK):
+            os.posix_fallocate(fd, start, min(_RESERVE_BLOCK, size - start))
+            _interrupts.safe_point()
+    for offset, data in chunks:
+        _pwrite_all(fd, offset, data)
+        _interrupts.safe_point()
+
+
+def _create_in_place(  # pragma: no cover - macOS
+    name: str, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool
+) -> tuple[Bytes, Identity]:
+    """macOS: no draft (no ``/dev/shm``), no ``fallocate`` and no ``write`` on shm."""
+    try:
+        fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        raise _exists(name) from None
+    try:
         os.ftruncate(fd, size)
         segment = _map(fd, size, writable=True)
         for offset, data in chunks:
             segment[offset : offset + data.size] = data
-        return segment
-    if filled:
-        os.ftruncate(fd, size)
-    else:
-        os.posix_fallocate(fd, 0, size)
-    for offset, data in chunks:
-        _pwrite_all(fd, offset, data)
-    return _map(fd, size, writable=True)
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        _posixshmem.shm_unlink("/" + name)
+        raise
+    os.close(fd)
+    return segment, _identity(st)
 
 
 def _read_head(fd: int, segment: Bytes) -> tuple[bytes, int]:
@@ -216,45 +337,117 @@ def _read_head(fd: int, segment: Bytes) -> tuple[bytes, int]:
     return head, needed
 
 
-def open_existing(name: str, *, writable: bool = True) -> tuple[Bytes, Identity, bytes]:
-    """Map the whole of existing segment ``name``.
-
-    Returns the mapping, the segment's identity, and its first bytes: its whole
-    header if it has one (see `_layout.decode`).
-
-    A segment not made by this library may be sparse (``SharedMemory`` only calls
-    ``ftruncate``); its pages are reserved here, so writing through the mapping
-    cannot SIGBUS when ``/dev/shm`` fills up.
-    """
+def _open(name: str, writable: bool) -> int:
+    """Open segment ``name``: a regular file, never a FIFO or a symlink planted there."""
     flags = os.O_RDWR if writable else os.O_RDONLY
     try:
-        fd = _posixshmem.shm_open("/" + name, flags, 0o600)
+        if not _ON_LINUX:  # pragma: no cover - macOS
+            return int(_posixshmem.shm_open("/" + name, flags, 0o600))
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever.
+        return os.open(_path(name), flags | os.O_NONBLOCK | _OPEN_FLAGS)
     except FileNotFoundError:
         raise SegmentNotFoundError(
             f"no shared memory segment named {name!r} (never created, or already unlinked)",
             segment=name,
         ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_a_segment(name, "a symbolic link") from None
+        raise
+
+
+def _not_a_segment(name: str, what: str) -> SegmentNotFoundError:
+    return SegmentNotFoundError(
+        f"no shared memory segment named {name!r}: {SHM_DIR}/{name} is {what}, "
+        "not a shared memory segment",
+        segment=name,
+    )
+
+
+def _check_trusted(name: str, st: os.stat_result) -> None:
+    if st.st_uid != os.geteuid():
+        problem = f"is owned by user {st.st_uid}, not by this user ({os.geteuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"may be written by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise UntrustedSegmentError(
+        f"shared memory segment {name!r} {problem}: anyone could have planted or may "
+        "change its data; pass allow_untrusted=True to attach it anyway",
+        segment=name,
+    )
+
+
+def open_existing(
+    name: str, *, writable: bool = True, trusted_only: bool = False
+) -> tuple[Bytes, Identity, bytes]:
+    """Map the whole of existing segment ``name``.
+
+    Returns the mapping, the segment's identity, and its first bytes: its whole
+    header if it has one (see `_layout.decode`).  With ``trusted_only``, a segment
+    another user owns, or others may write to, raises `UntrustedSegmentError`.
+
+    A segment not made by this library may be sparse (``SharedMemory`` only calls
+    ``ftruncate``); its pages are reserved here, so using the mapping cannot SIGBUS
+    when ``/dev/shm`` fills up (tmpfs allocates a page even on a read of a hole).
+    """
+    fd = _open(name, writable)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_segment(name, _file_kind(st.st_mode))
+        if trusted_only:
+            _check_trusted(name, st)
         size = st.st_size
         segment = _map(fd, size, writable)
-        head, header_length = _read_head(fd, segment)
-        if writable and size and not header_length and _CAN_RESERVE:
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno in _NO_SPACE:
-                    raise _out_of_memory(name, size) from None
-                raise
+        try:
+            head, header_length = _read_head(fd, segment)
+            if size and not header_length and st.st_blocks * 512 < size:
+                _reserve(fd, name, size, st.st_blocks * 512)
+        except BaseException:
+            segment = None  # type: ignore[assignment]  # unmapped before the exception travels
+            raise
         return segment, _identity(st), head
     finally:
         os.close(fd)
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def _reserve(fd: int, name: str, size: int, committed: int) -> None:
+    """Allocate a sparse segment's missing pages, or refuse it if they cannot be."""
+    if not _CAN_RESERVE:  # pragma: no cover - macOS
+        return
+    try:
+        writable = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:  # read-only to us: reserve nothing, but refuse what cannot fit
+        free = free_bytes()
+        if free is not None and free < size - committed:
+            raise _out_of_memory(name, size) from None
+        return
+    try:
+        os.posix_fallocate(writable, 0, size)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise _out_of_memory(name, size) from None
+        raise
+    finally:
+        os.close(writable)
+
+
 def unlink(name: str) -> bool:
     """Remove segment ``name``; return False if it was already gone."""
     try:
-        _posixshmem.shm_unlink("/" + name)
+        if _ON_LINUX:
+            os.unlink(_path(name))
+        else:  # pragma: no cover - macOS
+            _posixshmem.shm_unlink("/" + name)
     except FileNotFoundError:
         return False
     return True

@@ -18,6 +18,7 @@ from shared_memory_array import (
     SegmentNotFoundError,
     SharedMemoryArray,
     UnsupportedDtypeError,
+    UntrustedSegmentError,
     _array,
     release_cached_mappings,
 )
@@ -112,17 +113,87 @@ def test_raw_segment_attach_checks_size_and_dtype():
 
 def test_corrupt_header_is_a_clear_error():
     with SharedMemoryArray.allocate(None, 4) as shared:
-        header = shared._mapped[:64]
-        assert bytes(header[52:55]) == b"<f8"  # after 44 fixed bytes and the shape
-        header[52:55] = np.frombuffer(b"gar", np.uint8)
+        header = shared._mapped[:80]
+        shape_at = 52  # after the fixed part of format 2
+        dtype_at = shape_at + 8  # after the shape
+        assert bytes(header[dtype_at : dtype_at + 3]) == b"<f8"
+        header[dtype_at : dtype_at + 3] = np.frombuffer(b"gar", np.uint8)
         release_cached_mappings()  # read the header again, not this process's copy
         with pytest.raises(LayoutError, match="corrupt header"):
             SharedMemoryArray.attach(shared.name)
         header[8] = 99  # a format version from the future
         with pytest.raises(LayoutError, match="newer"):
             SharedMemoryArray.attach(shared.name)
-        header[44] = 5  # a shape that does not add up
-        header[8] = 1
-        header[52:55] = np.frombuffer(b"<f8", np.uint8)
+        header[shape_at] = 5  # a shape that does not add up
+        header[8] = 2
+        header[dtype_at : dtype_at + 3] = np.frombuffer(b"<f8", np.uint8)
         with pytest.raises(LayoutError, match="do not add up"):
             SharedMemoryArray.attach(shared.name)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink", "directory"])
+def test_attach_refuses_what_is_not_a_regular_file_without_blocking(plant):
+    name = helpers.raw_name()
+    path = f"/dev/shm/{name}"
+    {"fifo": os.mkfifo, "directory": os.mkdir}.get(plant, lambda p: os.symlink("/etc/passwd", p))(
+        path
+    )
+    try:
+        for readonly in (True, False):
+            with pytest.raises(SegmentNotFoundError, match=f"{name}.*not a shared memory segment"):
+                SharedMemoryArray.attach(name, (4,), "u1", readonly=readonly)
+    finally:
+        (os.rmdir if plant == "directory" else os.unlink)(path)
+
+
+def test_attach_refuses_a_segment_of_another_user_or_writable_by_others():
+    raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=64)
+    path = f"/dev/shm/{raw.name}"
+    try:
+        os.chmod(path, 0o666)  # as a planted file would be
+        with pytest.raises(UntrustedSegmentError, match=f"{raw.name}.*mode 0666") as caught:
+            SharedMemoryArray.attach(raw.name, (8,), "f8", readonly=True)
+        assert isinstance(caught.value, PermissionError)
+        assert pickle.loads(pickle.dumps(caught.value)).segment == raw.name
+        os.chmod(path, 0o600)
+        if os.geteuid() == 0:
+            os.chown(path, 65534, -1)
+            with pytest.raises(UntrustedSegmentError, match="owned by user 65534"):
+                SharedMemoryArray.attach_unsafe(raw.name, (8,), "f8")
+        handle = SharedMemoryArray.attach(raw.name, (8,), "f8", allow_untrusted=True)
+        assert handle.as_array().shape == (8,)
+        handle.close()
+    finally:
+        raw.close()
+        raw.unlink()
+
+
+@pytest.mark.parametrize("bad", ["\0", "{}\0b", "{}/b", "..", "."])
+def test_unsafe_twins_skip_normalisation_never_safety(bad):
+    with SharedMemoryArray.allocate(None, 1) as fine:
+        name = bad.format(fine.name)
+        for make in (
+            lambda: SharedMemoryArray.allocate_unsafe(None, (2,), "f8", name=name),
+            lambda: SharedMemoryArray.attach_unsafe(name, (1,), "f8"),
+        ):
+            with pytest.raises(InvalidNameError):
+                make()
+        SharedMemoryArray.attach(fine.name).close()  # the cache is not poisoned
+
+
+def test_a_region_whose_strides_overflow_is_refused_not_a_crash():
+    with SharedMemoryArray.allocate(None, 5, "u1") as shared:
+        tampered = _array._rebuild(shared.name, (5,), "|u1", False, (0, (5,), (2**62,)))
+        with pytest.raises(LayoutError, match="does not fit"):
+            tampered.as_array()
+
+
+def test_index_arrays_are_refused_when_indexing_not_at_use():
+    """NumPy reads even a 0-d index array as fancy indexing, which copies."""
+    with SharedMemoryArray.copy(None, np.arange(20.0).reshape(5, 4)) as shared:
+        assert shared[np.int64(1), np.intp(3)].as_array() == 7.0
+        for index in (np.array(2), np.array([1, 2]), (1, np.array(3))):
+            with pytest.raises(TypeError, match="basic indexing"):
+                shared[index]
+        with pytest.raises(TypeError, match="basic indexing"):
+            shared[np.True_]

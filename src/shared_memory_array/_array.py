@@ -607,13 +607,14 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         self._unlink()
 
     def _unlink(self) -> None:
-        self._owner_pid = 0
-        if self._manager is not None:
-            if _still_ours(self._name, self._identity):
-                _compat.manager_release(self._manager, self._name)
-            _cache.forget(self._name)
-        elif self._finalizer is not None:
-            self._finalizer()  # _release()
+        with _interrupts.deferred():  # a Ctrl-C half way would leak the segment
+            self._owner_pid = 0
+            if self._manager is not None:
+                if _still_ours(self._name, self._identity):
+                    _compat.manager_release(self._manager, self._name)
+                _cache.forget(self._name)
+            elif self._finalizer is not None:
+                self._finalizer()  # _release()
 
     @contextlib.contextmanager
     def managed(self: _Handle) -> Iterator[_Handle]:

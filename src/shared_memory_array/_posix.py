@@ -353,6 +353,8 @@ def _open(name: str, writable: bool) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _not_a_segment(name, "a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            raise _not_a_segment(name, "a directory") from None
         raise
 
 

@@ -17,9 +17,10 @@ import pytest
 from shared_memory_array import segment_info
 
 SHM = "/dev/shm"
-# Segments the library generates (sma_<pid>_...) and raw ones tests make (test_<pid>_...);
+# Segments the library generates (sma_<pid>_...), their drafts while being made
+# (.sma_draft_<pid namespace>_<pid>_...) and raw ones tests make (test_<pid>_...);
 # also the copies Dask workers make for hosts added after publish() (sma_late_...).
-_TEST_MADE = re.compile(r"(?:sma|test)_(\d+)_")
+_TEST_MADE = re.compile(r"(?:sma|test|\.sma_draft_\d+)_(\d+)_")
 
 
 def _alive(pid: int) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -25,6 +27,7 @@ from shared_memory_array import (
     segment_info,
 )
 from shared_memory_array.__main__ import main
+from shared_memory_array._namespace import pid_namespace
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -157,3 +160,23 @@ def test_console_script_is_installed():
     )
     assert result.returncode == 0
     assert all(command in result.stdout for command in ("list", "info", "clean", "demo"))
+
+
+def test_a_creator_pid_that_now_names_a_thread_is_dead():
+    # /proc/<tid> opens for any thread, though it lists processes only; a thread of
+    # another process wears the number of a creator that is gone.
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    tid = thread.native_id
+    name = f".sma_draft_{pid_namespace()}_{tid}_{secrets.token_hex(8)}"
+    path = f"/dev/shm/{name}"
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        (info,) = [info for info in list_segments() if info.name == name]
+        assert info.creator_pid == tid != os.getpid()
+        assert not info.creator_alive and info.abandoned
+    finally:
+        os.unlink(path)
+        stop.set()
+        thread.join()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import numpy.lib.format as npformat
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from shared_memory_array import SharedMemoryArray
+import helpers
+from shared_memory_array import SharedMemoryArray, UnsupportedDtypeError
 
 DTYPES = st.one_of(
     hnp.scalar_dtypes(),
@@ -91,3 +94,80 @@ def test_zero_dimensional_and_empty_arrays():
     for data in (np.array(3.5), np.zeros((0, 3)), np.zeros((2, 0), order="F"), np.array("hi")):
         with SharedMemoryArray.copy(None, data) as shared:
             assert_same(SharedMemoryArray.attach(shared.name).as_array(), data)
+
+
+ENUM = np.dtype(np.int32, metadata={"enum": {"red": 0, "green": 1}})  # as h5py makes them
+
+
+@pytest.mark.parametrize(
+    ("dtype", "where"),
+    [
+        (ENUM, ""),
+        (np.dtype([("colour", ENUM), ("x", "f8")]), " (in field 'colour')"),
+        (np.dtype([("outer", [("colour", ENUM, (2,))])]), " (in field 'outer.colour')"),
+    ],
+    ids=["plain", "field", "nested subarray field"],
+)
+def test_dtypes_with_metadata_are_refused_with_a_way_out(dtype, where):
+    data = np.zeros(3, dtype)
+    for make in (
+        lambda: SharedMemoryArray.allocate(None, 3, dtype),
+        lambda: SharedMemoryArray.copy(None, data),
+    ):
+        with pytest.raises(UnsupportedDtypeError) as caught:
+            make()
+        message = str(caught.value)
+        assert f"carries metadata{where}" in message
+        assert "np.dtype(dtype.str)" in message and "descr_to_dtype(" in message
+    if dtype.names is None:
+        stripped = np.dtype(dtype.str)
+    else:  # as the message says
+        with pytest.warns(UserWarning, match="metadata"):
+            stripped = npformat.descr_to_dtype(npformat.dtype_to_descr(dtype))
+    with SharedMemoryArray.copy(None, data.view(stripped)) as shared:
+        assert_same(SharedMemoryArray.attach(shared.name).as_array(), data.view(stripped))
+
+
+@pytest.mark.parametrize(
+    ("offsets", "field", "at", "end"),
+    [([4, 0], "b", 0, 8), ([0, 2], "b", 2, 4)],
+    ids=["out of order", "overlapping"],
+)
+def test_structured_dtypes_whose_fields_the_header_cannot_list_are_refused(offsets, field, at, end):
+    dtype = np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i4"], "offsets": offsets})
+    nested = np.dtype([("x", "u1"), ("inner", dtype)])
+    for refused, path in ((dtype, field), (nested, f"inner.{field}")):
+        with pytest.raises(
+            UnsupportedDtypeError, match="expected fields in offset order"
+        ) as caught:
+            SharedMemoryArray.allocate(None, 3, refused)
+        assert f"field {path!r} at byte {at}, before the end of the field" in str(caught.value)
+        assert f"(byte {end})" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        np.dtype({"names": ["a", "b"], "formats": ["<i4", ">f8"], "offsets": [0, 8]}),
+        np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i4"], "titles": ["A", "B"]}),
+        np.dtype([("a", "u1"), ("b", "<i8")], align=True),
+    ],
+    ids=["gap", "titles", "aligned"],
+)
+def test_structured_dtypes_with_gaps_or_titles_reach_another_process(dtype):
+    data = np.zeros(4, dtype)
+    data["a"] = [1, 2, 3, 4]
+    with SharedMemoryArray.copy(None, data) as shared:
+        result = helpers.run_python(
+            """
+            import sys
+            from shared_memory_array import SharedMemoryArray
+            attached = SharedMemoryArray.attach(sys.argv[1])
+            print(repr(attached.dtype.descr), attached.as_array()["a"].tolist())
+            attached.close()
+            """,
+            shared.name,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("]", 1)[0] + "]" == repr(dtype.descr)
+    assert result.stdout.strip().endswith("[1, 2, 3, 4]")

@@ -25,8 +25,12 @@ def _size(nbytes: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def _pid(pid: int, alive: bool) -> str:
-    return "unknown" if pid == 0 else f"{pid} ({'alive' if alive else 'dead'})"
+def _pid(info: SegmentInfo, pid: int, alive: bool) -> str:
+    if pid == 0:
+        return "unknown"
+    if not info.same_pid_namespace:  # the number names another namespace's process
+        return f"{pid} (other PID namespace)"
+    return f"{pid} ({'alive' if alive else 'dead'})"
 
 
 def _table(infos: list[SegmentInfo]) -> str:
@@ -35,10 +39,10 @@ def _table(infos: list[SegmentInfo]) -> str:
         (
             info.name,
             str(info.shape),
-            info.dtype,
+            info.dtype or "-",  # a draft without a header yet
             _size(info.nbytes),
             _size(info.committed),
-            _pid(info.creator_pid, info.creator_alive),
+            _pid(info, info.creator_pid, info.creator_alive),
             ", ".join(map(str, info.mapped_by)) or "-",
         )
         for info in infos
@@ -55,8 +59,10 @@ def _details(info: SegmentInfo) -> str:
             f"name:       {info.name}",
             f"array:      shape {info.shape}, dtype {info.dtype}, {_size(info.nbytes)}",
             f"segment:    {info.size} bytes, {info.committed} bytes committed",
-            f"creator:    {_pid(info.creator_pid, info.creator_alive)}",
-            f"unlinks it: {_pid(info.keeper_pid, info.keeper_alive)}",
+            f"creator:    {_pid(info, info.creator_pid, info.creator_alive)}",
+            f"unlinks it: {_pid(info, info.keeper_pid, info.keeper_alive)}",
+            f"namespace:  PID namespace {info.pid_namespace or 'unknown'}",
+            f"draft:      {'yes (being made, or left half-made)' if info.draft else 'no'}",
             f"mapped by:  {', '.join(map(str, info.mapped_by)) or 'nobody'}",
             f"abandoned:  {'yes' if info.abandoned else 'no'}",
         ]
@@ -78,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     clean = commands.add_parser(
         "clean",
         parents=[as_json],
-        help="unlink segments whose creator and keeper are dead and that nobody maps",
+        help="unlink segments and drafts whose creator and keeper are dead and that "
+        "nobody maps (only those made in this PID namespace)",
     )
     clean.add_argument("--dry-run", action="store_true", help="only show what would go")
     demo = commands.add_parser(

@@ -1,8 +1,10 @@
 """Finding this library's segments: who made them, who maps them, which are abandoned.
 
 Linux only: it reads ``/dev/shm`` and ``/proc``.  Only segments owned by the
-current user and carrying this library's header are ever listed or removed, so
-other users' and other programs' shared memory is never touched.
+current user and carrying this library's header, or named as its drafts (see
+``_namespace``), are ever listed or removed, so other users' and other programs'
+shared memory is never touched.  Pids are judged only for segments from this
+process's PID namespace: seen from another, they name other processes or none.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import _layout, _names, _segment
+from . import _layout, _names, _namespace, _segment
 from ._errors import LayoutError, SegmentNotFoundError, SharedMemoryArrayError
 
 __all__ = ["SegmentInfo", "clean_segments", "list_segments", "segment_info"]
@@ -43,10 +45,19 @@ class SegmentInfo:
         The process that made it, and the one that will unlink it (the creator,
         or a ``SharedMemoryManager``'s server; 0 if unknown).
     creator_alive, keeper_alive : bool
-        Whether those processes are running.
+        Whether those processes are running; meaningful only for segments from
+        this PID namespace (see `same_pid_namespace`).
     mapped_by : list of int
         Processes that map the segment or hold it open now (those whose
         ``/proc/<pid>`` this user may read).
+    pid_namespace : int
+        The creator's PID namespace (the inode number of its ``/proc/<pid>/ns/pid``);
+        0 if unknown: segments made by releases before format 2 record none.
+    draft : bool
+        Whether this is a draft: a segment still being made under a temporary name,
+        or left half-made by a process killed meanwhile.  A draft's creator and
+        namespace come from its name, its keeper is its creator, and its shape is
+        ``()`` and dtype ``''`` until its header is written.
     """
 
     name: str
@@ -60,16 +71,30 @@ class SegmentInfo:
     keeper_pid: int
     keeper_alive: bool
     mapped_by: list[int] = field(default_factory=list)
+    pid_namespace: int = 0
+    draft: bool = False
+
+    @property
+    def same_pid_namespace(self) -> bool:
+        """Whether its pids name processes of this one's PID namespace.
+
+        Segments that record no namespace (made by releases before format 2) count
+        as this namespace's, so that ``clean`` removes what they leave behind as
+        it did before.
+        """
+        return self.pid_namespace in (0, _namespace.pid_namespace())
 
     @property
     def abandoned(self) -> bool:
         """Whether nobody will unlink it or uses it: its keeper is known and dead,
-        its creator is dead, and no process maps it or holds it open."""
+        its creator is dead, no process maps it or holds it open, and it comes from
+        this PID namespace (from another, whether its processes live is unknown)."""
         return (
             self.keeper_pid != 0
             and not self.keeper_alive
             and not self.creator_alive
             and not self.mapped_by
+            and self.same_pid_namespace
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,11 +111,15 @@ def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            state = stat_file.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        with open(f"/proc/{pid}/status", "rb") as status_file:
+            status = dict(line.split(b":", 1) for line in status_file if b":" in line)
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return state not in (b"Z", b"X")  # a zombie holds no memory and does nothing
+    # /proc/<n> opens for a thread's id too, though only processes are listed: if
+    # n now names a thread of another process, the process n once was is gone.
+    process = status.get(b"Tgid", b"").strip() == str(pid).encode()
+    state = status.get(b"State", b"").strip()[:1]
+    return process and state not in (b"Z", b"X")  # a zombie holds no memory, does nothing
 
 
 def _mappers() -> dict[str, list[int]]:
@@ -130,6 +159,7 @@ def _open(name: str) -> int | None:
 
 def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
     """Describe segment ``name`` if it is this user's and this library's, else None."""
+    draft = _namespace.parse_draft(name)
     fd = _open(name)
     if fd is None:
         return None
@@ -146,15 +176,19 @@ def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
     try:
         layout = _layout.decode(head, st.st_size, name)
     except SharedMemoryArrayError:
+        layout = None
+    if draft is not None:  # its header may be missing or half written
+        creator = keeper = draft.pid
+        namespace = draft.pid_namespace
+    elif layout is not None:
+        creator, keeper, namespace = _layout.origin(head)
+    else:
         return None
-    if layout is None:
-        return None
-    creator, keeper = _layout.origin(head)
     return SegmentInfo(
         name=name,
-        shape=layout.shape,
-        dtype=str(layout.dtype),
-        nbytes=layout.nbytes,
+        shape=() if layout is None else layout.shape,
+        dtype="" if layout is None else str(layout.dtype),
+        nbytes=0 if layout is None else layout.nbytes,
         size=st.st_size,
         committed=st.st_blocks * 512,
         creator_pid=creator,
@@ -162,11 +196,13 @@ def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
         keeper_pid=keeper,
         keeper_alive=_alive(keeper),
         mapped_by=sorted(mappers.get(name, [])),
+        pid_namespace=namespace,
+        draft=draft is not None,
     )
 
 
 def list_segments() -> list[SegmentInfo]:
-    """Return this user's segments made by this library, sorted by name.
+    """Return this user's segments made by this library, drafts included, sorted by name.
 
     Raises
     ------
@@ -182,15 +218,20 @@ def list_segments() -> list[SegmentInfo]:
 def segment_info(name: str) -> SegmentInfo:
     """Describe one segment.
 
+    ``name`` may also be a draft's, as `list_segments` shows them.
+
     Raises
     ------
     SegmentNotFoundError
         No segment of that name.
     LayoutError
         It exists but is not this user's, or not made by this library.
+    InvalidNameError
+        ``name`` is neither a valid segment name nor a draft's.
     """
     _require_linux()
-    _names.validate(name)
+    if not _namespace.is_draft(name):
+        _names.validate(name)
     if not os.path.exists(os.path.join(_segment.SHM_DIR, name)):
         raise SegmentNotFoundError(f"no shared memory segment named {name!r}", segment=name)
     info = _read(name, _mappers())
@@ -202,14 +243,22 @@ def segment_info(name: str) -> SegmentInfo:
 
 
 def clean_segments(dry_run: bool = False) -> list[SegmentInfo]:
-    """Unlink this user's abandoned segments and return them.
+    """Unlink this user's abandoned segments and drafts, and return them.
 
     A segment is abandoned when the process that made it and the process that was
     to unlink it (itself, or a manager's server) are both dead and no process maps
     it or holds it open: typically what a process killed with SIGKILL leaves behind
     when its resource tracker died with it, or a published array's copy on a host
-    whose workers all crashed.  Segments of other users, or not made by this
-    library, are never touched.
+    whose workers all crashed.  A draft (``.sma_draft_...``, a segment still being
+    made) is abandoned when the process making it is dead and nobody maps it or
+    holds it open: what a process killed while creating an array leaves.
+
+    Segments of other users, or not made by this library, are never touched.
+    Neither are segments made in another PID namespace, such as a container
+    sharing ``/dev/shm`` with its host (``docker run --ipc=host``, the containers
+    of a pod): their processes cannot be seen from here, so whether they live is
+    unknown.  Run ``clean`` in the namespace that made them.  Segments from
+    releases before the namespace was recorded are judged as if made here.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 A segment made by this library starts with a fixed binary header, the shape, and
 a description of the dtype; the array bytes follow at a page-aligned offset.  All
-integers are little-endian::
+integers are little-endian.  Format 2::
 
     offset 0   magic b"\\x93SMARRAY"                           8 bytes
                format version (uint16)                         2
@@ -13,12 +13,18 @@ integers are little-endian::
                size of the data in bytes (uint64)              8
                pid of the creating process (uint32)            4
                pid of the process that will unlink it (uint32) 4
-    offset 44  the shape (n x uint64)                          8n
+               the creator's PID namespace (uint64; the inode
+               of /proc/<pid>/ns/pid, 0 if unknown)            8
+    offset 52  the shape (n x uint64)                          8n
                the dtype: ``dtype.str`` in ASCII for plain dtypes
                (``'<f8'``, ``'>M8[ns]'``), else the repr of
                ``numpy.lib.format.dtype_to_descr(dtype)`` in UTF-8
                (keeps fields, titles, padding and byte order)  m
     offset D   the array, D a multiple of 4096
+
+Format 1, written by releases before the namespace was recorded, lacks the
+namespace field: its shape starts at offset 44.  Both are read; only format 2 is
+written.
 
 Segments made by others have no header; they are attached with an explicit
 shape and dtype, and their data starts at offset 0.
@@ -31,7 +37,6 @@ import functools
 import operator
 import struct
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Union
 
@@ -39,11 +44,14 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from ._errors import LayoutError, UnsupportedDtypeError
+from ._namespace import pid_namespace
 
 MAGIC = b"\x93SMARRAY"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DATA_ALIGNMENT = 4096
-_FIXED = struct.Struct("<8sHHIIQQII")
+_START = struct.Struct("<8sH")  # magic and format version: the same in every format
+# The fixed part of each format's header, by version; a format only appends fields.
+_FIXED = {1: struct.Struct("<8sHHIIQQII"), 2: struct.Struct("<8sHHIIQQIIQ")}
 _FORTRAN = 1
 _MAX_DIMS = 32  # NumPy 1.x arrays have at most 32 dimensions (2.x: 64)
 _MAX_DESCRIPTION = 1 << 20
@@ -76,6 +84,43 @@ class Region(NamedTuple):
     shape: tuple[int, ...]
     strides: tuple[int, ...]
 
+    def fits(self, nbytes: int, itemsize: int) -> bool:
+        """Whether every element of the region lies within an array's ``nbytes`` bytes.
+
+        Computed with Python integers: NumPy's own check computes the region's
+        extent in ``intp``, which huge strides overflow (shape ``(5,)`` with stride
+        ``2**62`` passes it, and reading the array then crashes).  An empty region
+        fits if its offset is within ``[0, nbytes]``.  The offset, the dimensions
+        and the strides must also be integers that ``intp`` holds.
+
+        Parameters
+        ----------
+        nbytes
+            Size of the array's data in bytes.
+        itemsize
+            Size of one element in bytes.
+        """
+        try:
+            offset = operator.index(self.offset)
+            shape = [operator.index(dim) for dim in self.shape]
+            strides = [operator.index(stride) for stride in self.strides]
+        except TypeError:  # a tampered pickle can hold anything
+            return False
+        if len(shape) != len(strides) or any(dim < 0 for dim in shape):
+            return False
+        if not all(_INTP_MIN <= value <= _INTP_MAX for value in (offset, *shape, *strides)):
+            return False
+        if 0 in shape:
+            return 0 <= offset <= nbytes
+        spans = [(dim - 1) * stride for dim, stride in zip(shape, strides)]
+        low = offset + sum(span for span in spans if span < 0)
+        high = offset + sum(span for span in spans if span > 0) + itemsize
+        return low >= 0 and high <= nbytes
+
+
+_INTP_MAX = int(np.iinfo(np.intp).max)
+_INTP_MIN = int(np.iinfo(np.intp).min)
+
 
 def count(shape: tuple[int, ...]) -> int:
     """Number of elements of an array of this shape."""
@@ -86,7 +131,12 @@ def count(shape: tuple[int, ...]) -> int:
 
 
 def normalize_dtype(dtype: Any, segment: str | None = None) -> np.dtype[Any]:
-    """Return ``np.dtype(dtype)`` if it can live in shared memory."""
+    """Return ``np.dtype(dtype)`` if it can live in shared memory.
+
+    Refused: object fields, a zero item size, and what the header cannot describe
+    for another process: metadata (h5py's enum and string dtypes carry some) and
+    structured fields out of offset order or overlapping.
+    """
     result: np.dtype[Any] = np.dtype(dtype)
     if result.hasobject:
         raise UnsupportedDtypeError(
@@ -100,7 +150,44 @@ def normalize_dtype(dtype: Any, segment: str | None = None) -> np.dtype[Any]:
             "dtypes a length, e.g. 'S8' or 'U8'",
             segment=segment,
         )
+    problem = _undescribable(result)
+    if problem is not None:
+        raise UnsupportedDtypeError(f"dtype {result} {problem}", segment=segment)
     return result
+
+
+def _undescribable(dtype: np.dtype[Any], field: str = "") -> str | None:
+    """Why the header cannot describe ``dtype`` to another process; None if it can."""
+    where = f" (in field {field!r})" if field else ""
+    if dtype.metadata:
+        return (
+            f"carries metadata{where}, as h5py's enum dtypes do, which the header cannot "
+            "pass on to other processes: share array.view(stripped) instead, with "
+            "stripped = np.dtype(dtype.str) for a plain dtype, or for a structured one "
+            "numpy.lib.format.descr_to_dtype(numpy.lib.format.dtype_to_descr(dtype)) "
+            "(NumPy warns that this drops the metadata)"
+        )
+    if dtype.subdtype is not None:
+        return _undescribable(dtype.subdtype[0], field)
+    if dtype.names is None or dtype.fields is None:
+        return None
+    end = 0
+    for name in dtype.names:  # not dtype.fields: it lists fields by title too
+        path = f"{field}.{name}" if field else name
+        field_dtype, offset = dtype.fields[name][:2]
+        # The header lists fields as NumPy's dtype.descr does: in order, padding between.
+        if offset < end:
+            return (
+                f"has field {path!r} at byte {offset}, before the end of the field listed "
+                f"ahead of it (byte {end}): expected fields in offset order without "
+                "overlaps, as the header describes them; reorder the fields, or copy the "
+                "array into such a dtype"
+            )
+        end = offset + field_dtype.itemsize
+        problem = _undescribable(field_dtype, path)
+        if problem is not None:
+            return problem
+    return None
 
 
 def normalize(
@@ -140,11 +227,10 @@ def normalize(
 
 
 def _describe_dtype(dtype: np.dtype[Any]) -> bytes:
-    if dtype.names is None and dtype.subdtype is None and not dtype.metadata:
+    """The header's text for a dtype `normalize_dtype` accepted."""
+    if dtype.names is None and dtype.subdtype is None:
         return dtype.str.encode("ascii")  # e.g. '<f8', '|S5', '<M8[ns]'
-    with warnings.catch_warnings():  # "metadata is not saved": it is not, by design
-        warnings.simplefilter("ignore", UserWarning)
-        return repr(npformat.dtype_to_descr(dtype)).encode("utf-8")
+    return repr(npformat.dtype_to_descr(dtype)).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=256)
@@ -160,16 +246,18 @@ def _parse_dtype(text: bytes) -> np.dtype[Any]:
 def encode(
     shape: tuple[int, ...], dtype: np.dtype[Any], fortran: bool, creator: int, keeper: int
 ) -> tuple[bytes, int]:
-    """Return ``(header bytes, data offset)`` describing an array.
+    """Return ``(header bytes, data offset)`` describing an array, in the current format.
 
     ``creator`` is the pid of the process that made the segment, ``keeper`` the pid
     of the process responsible for unlinking it (the creator, or a manager's
-    server); the command line's ``clean`` reads them.
+    server); the command line's ``clean`` reads them, with this process's PID
+    namespace, recorded too.
     """
     description = _describe_dtype(dtype)
-    end = _FIXED.size + 8 * len(shape) + len(description)
+    fixed = _FIXED[FORMAT_VERSION]
+    end = fixed.size + 8 * len(shape) + len(description)
     offset = -(-end // DATA_ALIGNMENT) * DATA_ALIGNMENT
-    fixed = _FIXED.pack(
+    start = fixed.pack(
         MAGIC,
         FORMAT_VERSION,
         _FORTRAN if fortran else 0,
@@ -179,8 +267,45 @@ def encode(
         count(shape) * dtype.itemsize,
         creator,
         keeper,
+        pid_namespace(),
     )
-    return fixed + struct.pack(f"<{len(shape)}Q", *shape) + description, offset
+    return start + struct.pack(f"<{len(shape)}Q", *shape) + description, offset
+
+
+class _Fixed(NamedTuple):
+    """The fixed part of a header, whatever its format."""
+
+    version: int
+    flags: int
+    ndim: int
+    length: int  # of the dtype description
+    offset: int
+    nbytes: int
+    creator: int
+    keeper: int
+    pid_namespace: int  # 0 in format 1
+    size: int  # of the fixed part itself
+
+
+def _fixed(head: bytes) -> _Fixed | None:
+    """Read the fixed part of a header; None if ``head`` starts none.
+
+    For a format this version does not know, only the version is read (the rest
+    is zeros), for `decode` to refuse.
+    """
+    if len(head) < _START.size or head[:8] != MAGIC:
+        return None
+    version = _START.unpack_from(head)[1]
+    fixed = _FIXED.get(version)
+    if fixed is None:
+        return _Fixed(version, 0, 0, 0, 0, 0, 0, 0, 0, _START.size)
+    if len(head) < fixed.size:
+        return None
+    _, _, flags, ndim, length, offset, nbytes, creator, keeper, *rest = fixed.unpack_from(head)
+    namespace = rest[0] if rest else 0
+    return _Fixed(
+        version, flags, ndim, length, offset, nbytes, creator, keeper, namespace, fixed.size
+    )
 
 
 def header_length(head: bytes) -> int:
@@ -189,20 +314,37 @@ def header_length(head: bytes) -> int:
     A first read of a few hundred bytes is enough unless the dtype has a very long
     description; then read this many and decode again.
     """
-    if len(head) < _FIXED.size or head[:8] != MAGIC:
+    fixed = _fixed(head)
+    if fixed is None:
         return 0
-    _, _, _, ndim, length, _, _, _, _ = _FIXED.unpack_from(head)
-    return int(_FIXED.size + 8 * min(ndim, _MAX_DIMS + 1) + min(length, _MAX_DESCRIPTION + 1))
+    ndim = min(fixed.ndim, _MAX_DIMS + 1)
+    return fixed.size + 8 * ndim + min(fixed.length, _MAX_DESCRIPTION + 1)
 
 
-def origin(head: bytes) -> tuple[int, int]:
-    """Return ``(creator pid, keeper pid)`` from a header (see `encode`)."""
-    creator, keeper = _FIXED.unpack_from(head)[-2:]
-    return creator, keeper
+class Origin(NamedTuple):
+    """Who made a segment, from its header."""
+
+    creator: int  # pid of the process that made it
+    keeper: int  # pid of the process that will unlink it
+    pid_namespace: int  # the creator's PID namespace (see _namespace); 0 if unknown
+
+
+def origin(head: bytes) -> Origin:
+    """Return who made a segment, from its header (see `encode`).
+
+    ``pid_namespace`` is 0 for format 1 headers, which do not record it; all three
+    are 0 if ``head`` starts no header.
+    """
+    fixed = _fixed(head)
+    if fixed is None:
+        return Origin(0, 0, 0)
+    return Origin(fixed.creator, fixed.keeper, fixed.pid_namespace)
 
 
 def decode(head: bytes, size: int, name: str) -> Layout | None:
     """Read and check a segment's header; ``None`` if it has none (a raw segment).
+
+    Headers of every format up to `FORMAT_VERSION` are read.
 
     Parameters
     ----------
@@ -210,10 +352,18 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
         The segment's first bytes, at least `header_length` of them.
     size
         The segment's size in bytes.
+    name
+        The segment's name, for error messages.
+
+    Raises
+    ------
+    LayoutError
+        The header is corrupt, or in a format newer than this version reads.
     """
-    if len(head) < _FIXED.size or head[:8] != MAGIC:
+    fixed = _fixed(head)
+    if fixed is None:
         return None
-    _, version, flags, ndim, length, offset, nbytes, _, _ = _FIXED.unpack_from(head)
+    version, flags, ndim, length, offset, nbytes, _, _, _, start = fixed
 
     def corrupt(problem: str) -> LayoutError:
         return LayoutError(f"segment {name!r} has a corrupt header: {problem}", segment=name)
@@ -224,7 +374,9 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
             f"this version reads format {FORMAT_VERSION} and older",
             segment=name,
         )
-    end = _FIXED.size + 8 * ndim + length
+    if version not in _FIXED:
+        raise corrupt(f"unknown format {version}")
+    end = start + 8 * ndim + length
     if ndim > _MAX_DIMS or length > _MAX_DESCRIPTION or end > min(offset, size):
         raise corrupt(f"{ndim} dimensions and a {length}-byte dtype do not fit before the data")
     if offset + nbytes > size:
@@ -233,7 +385,7 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
         )
     if end > len(head):
         raise corrupt(f"header of {end} bytes is longer than the {len(head)} bytes read")
-    shape = struct.unpack_from(f"<{ndim}Q", head, _FIXED.size)
+    shape = struct.unpack_from(f"<{ndim}Q", head, start)
     text = head[end - length : end]
     try:
         dtype = _parse_dtype(text)

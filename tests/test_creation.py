@@ -178,13 +178,13 @@ def test_owner_exit_waits_for_the_non_daemon_children_it_started(tmp_path):
     script.write_text(
         textwrap.dedent(
             """
-            import multiprocessing, time
+            import multiprocessing, os, time
             import numpy as np
             from shared_memory_array import SharedMemoryArray
 
             def use(handle):
                 time.sleep(1)
-                print(int(handle.as_array().sum()), flush=True)
+                os.write(1, b"%d\\n" % handle.as_array().sum())  # one write: lines never mix
 
             if __name__ == "__main__":
                 shared = SharedMemoryArray.copy(None, np.arange(10))

@@ -7,14 +7,53 @@ server internals (in ``_manager``), and ``SharedMemory``'s mapping (in ``_window
 
 from __future__ import annotations
 
+import os
 import sys
-from multiprocessing import managers
+import threading
+from multiprocessing import managers, resource_tracker
 from typing import Any, Callable, NamedTuple
 
 from . import _segment
 from ._errors import SharedMemoryArrayError
 
 _POSIX = sys.platform != "win32"
+
+# gh-96971: a thread starting the resource tracker holds the tracker's private lock,
+# and a child forked meanwhile inherits it held: the child's first register() waits
+# forever.  So fork() waits for the lock, and the child finds the tracker started or
+# not, never half way.  If the forking thread holds it itself, an RLock lets it in at
+# once; a Lock (3.9, 3.10) is given up after _FORK_WAIT and left to its holder.
+_FORK_WAIT = 5.0
+_forking = threading.local()  # .lock: the tracker lock this thread took for its fork()
+
+
+def _take_tracker_lock() -> None:
+    lock = getattr(resource_tracker._resource_tracker, "_lock", None)
+    _forking.lock = lock if lock is not None and lock.acquire(timeout=_FORK_WAIT) else None
+
+
+def _release_in_parent() -> None:
+    lock, _forking.lock = getattr(_forking, "lock", None), None
+    if lock is not None:
+        lock.release()
+
+
+def _release_in_child() -> None:
+    lock, _forking.lock = getattr(_forking, "lock", None), None
+    if lock is None:
+        return
+    # gh-146313: newer CPythons reset the (reentrant) lock in the child themselves.
+    held = lock._is_owned() if hasattr(lock, "_is_owned") else lock.locked()
+    if held:
+        lock.release()
+
+
+if _POSIX:
+    os.register_at_fork(
+        before=_take_tracker_lock,
+        after_in_parent=_release_in_parent,
+        after_in_child=_release_in_child,
+    )
 
 
 def register_creator(name: str) -> None:
@@ -27,16 +66,12 @@ def register_creator(name: str) -> None:
     per name the unregister would remove.
     """
     if _POSIX:
-        from multiprocessing import resource_tracker
-
         resource_tracker.register("/" + name, "shared_memory")
 
 
 def unregister_creator(name: str) -> None:
     """Undo `register_creator` once the creator has unlinked ``name`` itself."""
     if _POSIX:
-        from multiprocessing import resource_tracker
-
         resource_tracker.unregister("/" + name, "shared_memory")
 
 

@@ -94,3 +94,17 @@ def test_a_tampered_region_never_reaches_outside_the_array(region):
         handle = _array._rebuild(*fields, region)
         with pytest.raises(LayoutError, match="does not fit"):
             handle.as_array()
+
+
+@pytest.mark.parametrize(
+    ("shape", "index"),
+    [((0,), slice(0, 0)), ((3, 0), slice(1, 3)), ((5, 2, 0), 1), ((4,), slice(2, 2))],
+)
+def test_empty_regions_work_everywhere(shape, index):
+    with SharedMemoryArray.allocate(None, shape, "u1") as shared:
+        region = shared[index]
+        expected = np.zeros(shape, "u1")[index].shape
+        assert region.as_array().shape == expected
+        assert pickle.loads(pickle.dumps(region)).as_array().shape == expected
+        with region.lock():
+            pass

@@ -453,7 +453,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if segment is None:  # closed by another thread meanwhile
             raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
         start = segment.__array_interface__["data"][0] + self._layout.offset
-        region = Region(view.__array_interface__["data"][0] - start, view.shape, view.strides)
+        # NumPy leaves an empty view's pointer anywhere (even before the data): no bytes.
+        offset = view.__array_interface__["data"][0] - start if view.size else 0
+        region = Region(offset, view.shape, view.strides)
         handle = type(self)._make(self._name, self._layout, self._mapped)
         if self._users is not None:
             handle._users = self._users

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 
-from shared_memory_array import LockTimeoutError, SharedMemoryArray
+from shared_memory_array import LockTimeoutError, SegmentNotFoundError, SharedMemoryArray
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux OFD locks")
+
+SHM = "/dev/shm"
+# Python 3.12+ warns when a process with threads forks; the tests that do it on purpose.
+FORK_WITH_THREADS = "ignore:This process .* is multi-threaded:DeprecationWarning"
 
 
 def try_lock(handle: SharedMemoryArray, shared: bool = False, rows=None) -> bool:
@@ -27,6 +35,69 @@ def try_lock(handle: SharedMemoryArray, shared: bool = False, rows=None) -> bool
             return True
     except LockTimeoutError:
         return False
+
+
+def segment_fds(name: str) -> list[int]:
+    """This process's descriptors of segment ``name``."""
+    found = []
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the fd listdir itself used is gone
+            if os.readlink(f"/proc/self/fd/{entry}") == f"{SHM}/{name}":
+                found.append(int(entry))
+    return found
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.001)
+
+
+def start_waiter(
+    handle: SharedMemoryArray, timeout: float | None
+) -> tuple[threading.Thread, list[object]]:
+    """Start a thread that takes the lock then lets it go; return once it is acquiring.
+
+    The thread counts as acquiring once its descriptor of the segment is open.
+    """
+    before = len(segment_fds(handle.name))
+    outcome: list[object] = []
+
+    def take_and_release() -> None:
+        try:
+            with handle.lock(timeout=timeout):
+                outcome.append("locked")
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=take_and_release)
+    thread.start()
+    wait_until(lambda: len(segment_fds(handle.name)) > before or not thread.is_alive())
+    return thread, outcome
+
+
+@contextlib.contextmanager
+def forked_child(report: Callable[[], bytes]) -> Iterator[bytes]:
+    """Fork a child (no exec) that sends ``report()``; it stays alive until the block ends."""
+    report_r, report_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(hold_w)
+            os.write(report_w, report())
+            os.read(hold_r, 1)  # returns at EOF: when the parent closes its end
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    os.close(hold_r)
+    try:
+        yield os.read(report_r, 1024)
+    finally:
+        os.close(hold_w)
+        os.close(report_r)
+        os.waitpid(pid, 0)
 
 
 def writer(handle: SharedMemoryArray, rounds: int) -> None:
@@ -82,12 +153,13 @@ def test_a_killed_holder_releases_its_lock_at_once():
 
             waiter = threading.Thread(target=wait_for_lock)
             waiter.start()
-            time.sleep(0.2)  # the waiter is now blocked in the kernel
+            wait_until(lambda: len(segment_fds(shared.name)) == 1)  # the waiter is waiting
             killed_at = time.monotonic()
             os.kill(holder.pid, signal.SIGKILL)
             waiter.join(30)
             holder.wait(60)
-    assert acquired_at and acquired_at[0] - killed_at < 0.1
+    # Released at the kill, not at the waiter's 30 s timeout (bound generous for loaded CIs).
+    assert acquired_at and acquired_at[0] - killed_at < 10
 
 
 def test_disjoint_regions_lock_independently(context):
@@ -175,3 +247,90 @@ def test_a_lock_released_in_the_parent_is_free_though_a_forked_child_lives_on():
         finally:
             child.kill()
             child.join(60)
+
+
+def _bind_socket(path: str) -> None:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)  # the socket file stays after the socket is closed
+
+
+_PLANT = {
+    "a FIFO": os.mkfifo,
+    "a symbolic link": lambda path: os.symlink(__file__, path),  # to a regular file
+    "a directory": os.mkdir,
+    "a socket": _bind_socket,
+}
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "exclusive"])
+@pytest.mark.parametrize("kind", list(_PLANT))
+def test_a_name_leading_to_something_else_than_a_segment_is_refused_at_once(kind, shared):
+    with SharedMemoryArray.allocate(None, 4) as handle:
+        lock = handle.lock(shared=shared, timeout=1)
+        path = os.path.join(SHM, handle.name)
+        os.unlink(path)
+        _PLANT[kind](path)
+        try:
+            message = f"{handle.name}.* is {kind}, not a shared memory segment"
+            with pytest.raises(SegmentNotFoundError, match=message) as info:
+                lock.acquire()
+        finally:
+            (os.rmdir if kind == "a directory" else os.unlink)(path)
+        assert info.value.segment == handle.name
+        assert not lock.locked
+
+
+@pytest.mark.parametrize("timeout", [math.nan, -0.5, -2, -math.inf])
+def test_a_nan_or_negative_timeout_is_refused_when_the_lock_is_made(timeout):
+    with SharedMemoryArray.allocate(None, 4) as handle:
+        message = f"{handle.name}.*got {timeout!r}"
+        with pytest.raises(ValueError, match=message):
+            handle.lock(timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [-1, math.inf])
+def test_a_timeout_of_minus_one_or_infinity_waits_as_long_as_it_takes(timeout):
+    with SharedMemoryArray.allocate(None, 4) as handle:
+        with handle.lock():
+            waiter, outcome = start_waiter(handle, timeout)
+            waiter.join(0.5)  # ample time to give up, were it going to
+            assert waiter.is_alive() and outcome == []
+        waiter.join(60)
+        assert outcome == ["locked"]
+
+
+def test_release_frees_the_lock_though_a_copy_of_its_descriptor_is_still_open():
+    with SharedMemoryArray.allocate(None, 10) as handle:
+        lock = handle.lock().acquire()
+        (fd,) = segment_fds(handle.name)
+        copy = os.dup(fd)  # as a forked child's, say
+        try:
+            lock.release()
+            assert try_lock(handle)
+        finally:
+            os.close(copy)
+
+
+@pytest.mark.filterwarnings(FORK_WITH_THREADS)
+def test_a_forked_child_keeps_no_descriptor_of_a_lock_still_being_acquired():
+    with SharedMemoryArray.allocate(None, 10) as handle:
+        with handle.lock():
+            waiter, outcome = start_waiter(handle, None)
+            with forked_child(lambda: str(len(segment_fds(handle.name))).encode()) as report:
+                assert report == b"0"
+        waiter.join(60)
+        assert outcome == ["locked"]
+
+
+@pytest.mark.filterwarnings(FORK_WITH_THREADS)
+@pytest.mark.parametrize("timeout", [None, 60.0], ids=["waiting-in-the-kernel", "polling"])
+def test_a_lock_waited_for_across_a_fork_is_free_once_released_though_the_child_lives(timeout):
+    with SharedMemoryArray.allocate(None, 10) as handle:
+        holder = handle.lock().acquire()
+        waiter, outcome = start_waiter(handle, timeout)
+        with forked_child(lambda: b"alive") as report:
+            assert report == b"alive"
+            holder.release()
+            waiter.join(60)
+            assert outcome == ["locked"]
+            assert try_lock(handle)

@@ -8,7 +8,9 @@ that: it cannot be passed as a task argument and stays locked if its holder dies
 Where OFD locks are missing (macOS), ``flock`` locks the whole segment instead.
 
 The descriptor is opened when the lock is acquired and closed when it is
-released, so no descriptor is kept between locks.
+released, so no descriptor is kept between locks.  ``/dev/shm`` is writable by
+every user, so what is found under a segment's name is opened without following
+symlinks or blocking, and refused unless it is a regular file.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from __future__ import annotations
 import _posixshmem
 import errno
 import fcntl
+import math
 import os
+import stat
 import struct
+import sys
+import threading
 import time
 import weakref
 from types import TracebackType
 
 from ._errors import LockTimeoutError, SegmentNotFoundError
+from ._segment import SHM_DIR
 
 __all__ = ["SegmentLock"]
 
+_ON_LINUX = sys.platform.startswith("linux")
 _OFD = hasattr(fcntl, "F_OFD_SETLK")
 # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
@@ -34,21 +42,101 @@ _BUSY = (errno.EAGAIN, errno.EACCES)
 _FIRST_POLL, _LAST_POLL = 0.0005, 0.05
 _NO_FD = 1 << 30  # "held" without a descriptor: the lock of an empty region
 
-# Locks held in this process.  A fork()ed child inherits their descriptors, and an
-# OFD lock lasts while any descriptor of its open file does: the child must close
-# its copies, or the parent's release() would not release.
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+# What open() answers when the name leads to something it cannot open as a file:
+# O_NOFOLLOW gives ELOOP for a symlink, O_RDWR EISDIR for a directory, and a
+# Unix socket gives ENXIO.
+_REFUSED_BY_OPEN = {
+    errno.ELOOP: stat.S_IFLNK,
+    errno.EISDIR: stat.S_IFDIR,
+    errno.ENXIO: stat.S_IFSOCK,
+}
+
+# A fork()ed child inherits every descriptor open here, and an OFD lock lasts while
+# any descriptor of its open file does: the child closes its copies at once, both
+# of held locks and of locks another thread was still acquiring, or the parent's
+# lock would outlive the parent's release().  _guard makes opening and recording a
+# descriptor (and forgetting and closing it) one step as fork() sees it.
+_fds: set[int] = set()
 _held: weakref.WeakSet[SegmentLock] = weakref.WeakSet()
+_guard = threading.RLock()  # reentrant: a release() run by the GC may interrupt a holder
 
 
-def _drop_inherited_locks() -> None:
+def _before_fork() -> None:
+    _guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _guard
+    _guard = threading.RLock()
+    for fd in _fds:
+        os.close(fd)
+    _fds.clear()
     for lock in list(_held):
-        fd, lock._fd = lock._fd, -1
-        if fd >= 0 and fd != _NO_FD:
-            os.close(fd)
+        lock._fd = -1
     _held.clear()
 
 
-os.register_at_fork(after_in_child=_drop_inherited_locks)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
+
+
+def _open(name: str, *, shared: bool) -> int:
+    """Open segment ``name`` to lock it; refuse a name that leads to anything else."""
+    access = os.O_RDONLY if shared else os.O_RDWR
+    with _guard:
+        try:
+            if _ON_LINUX:  # shm_open() itself, plus O_NONBLOCK: a FIFO must not block
+                path = os.path.join(SHM_DIR, name)
+                fd = os.open(path, access | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            else:  # pragma: no cover - macOS: no path to open
+                fd = int(_posixshmem.shm_open("/" + name, access, 0o600))
+        except FileNotFoundError:
+            raise SegmentNotFoundError(
+                f"cannot lock {name!r}: the segment no longer exists", segment=name
+            ) from None
+        except OSError as exc:
+            if exc.errno not in _REFUSED_BY_OPEN:
+                raise
+            raise _not_a_segment(name, _REFUSED_BY_OPEN[exc.errno]) from None
+        _fds.add(fd)
+    if not _ON_LINUX:  # pragma: no cover - macOS: shm_open's namespace holds only segments
+        return fd
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_segment(name, stat.S_IFMT(mode))
+    except BaseException:
+        _close(fd)
+        raise
+    return fd
+
+
+def _close(fd: int) -> None:
+    with _guard:
+        _fds.discard(fd)
+        os.close(fd)
+
+
+def _not_a_segment(name: str, kind: int) -> SegmentNotFoundError:
+    what = _KINDS.get(kind, "a special file")
+    return SegmentNotFoundError(
+        f"cannot lock {name!r}: {os.path.join(SHM_DIR, name)} is {what}, not a shared "
+        "memory segment",
+        segment=name,
+    )
 
 
 class SegmentLock:
@@ -56,6 +144,26 @@ class SegmentLock:
 
     Use it as a context manager, or call `acquire` and `release`.  Not reentrant:
     acquiring it again while held raises `RuntimeError`.
+
+    Parameters
+    ----------
+    name : str
+        The segment.
+    start, length : int
+        The bytes to lock; a length of 0 locks nothing (and always succeeds).
+    shared : bool, default False
+        A shared (read) lock instead of an exclusive one.
+    timeout : float, optional
+        Seconds to wait before raising `LockTimeoutError`.  None waits forever, and
+        so do -1 (as for `threading.Lock.acquire`) and infinity.
+    blocking : bool, default True
+        If False, try once and raise `LockTimeoutError` at once if the lock is taken.
+
+    Raises
+    ------
+    ValueError
+        ``timeout`` is NaN, or negative other than -1 (`threading.Lock.acquire`
+        refuses those too): raised here, not at the first acquire.
     """
 
     _fd = -1  # so __del__ works on a lock whose __init__ failed
@@ -70,6 +178,14 @@ class SegmentLock:
         timeout: float | None = None,
         blocking: bool = True,
     ) -> None:
+        if timeout is not None:
+            if math.isnan(timeout) or (timeout < 0 and timeout != -1):
+                raise ValueError(
+                    f"cannot lock {name!r}: expected a timeout of 0 or more seconds, or "
+                    f"None or -1 to wait forever (got {timeout!r})"
+                )
+            if timeout in (-1, math.inf):
+                timeout = None
         self._name = name
         self._start = start
         self._length = length
@@ -90,38 +206,37 @@ class SegmentLock:
         ------
         LockTimeoutError
             Another holder kept it past ``timeout``, or at once with ``blocking=False``.
+        SegmentNotFoundError
+            The segment no longer exists, or its name now leads to something else
+            (a FIFO, a symlink, a directory).
         """
         if self._fd >= 0:
             raise RuntimeError(f"this lock on {self._name!r} is already held")
         if self._length == 0:  # an empty region: nothing to guard (and to fcntl a
             self._fd = _NO_FD  # length of 0 would mean "up to the end of the file")
             return self
-        try:
-            fd = _posixshmem.shm_open(
-                "/" + self._name, os.O_RDONLY if self._shared else os.O_RDWR, 0o600
-            )
-        except FileNotFoundError:
-            raise SegmentNotFoundError(
-                f"cannot lock {self._name!r}: the segment no longer exists", segment=self._name
-            ) from None
+        fd = _open(self._name, shared=self._shared)
         try:
             if self._blocking and self._timeout is None:
                 self._try(fd, wait=True)
             else:
                 self._poll(fd)
         except BaseException:
-            os.close(fd)
+            _close(fd)
             raise
-        self._fd = fd
-        _held.add(self)
+        with _guard:
+            self._fd = fd
+            _held.add(self)
         return self
+
+    def _request(self, kind: int) -> bytes:
+        return _FLOCK.pack(kind, os.SEEK_SET, self._start, self._length, 0)
 
     def _try(self, fd: int, *, wait: bool) -> bool:
         """One attempt; ``wait`` blocks in the kernel until the lock is free."""
         try:
             if _OFD:
-                kind = fcntl.F_RDLCK if self._shared else fcntl.F_WRLCK
-                request = _FLOCK.pack(kind, os.SEEK_SET, self._start, self._length, 0)
+                request = self._request(fcntl.F_RDLCK if self._shared else fcntl.F_WRLCK)
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, request)
             else:  # pragma: no cover - macOS
                 kind = fcntl.LOCK_SH if self._shared else fcntl.LOCK_EX
@@ -150,11 +265,21 @@ class SegmentLock:
             delay = min(delay * 2, _LAST_POLL)
 
     def release(self) -> None:
-        """Release the lock (closing its descriptor releases it); idempotent."""
-        fd, self._fd = self._fd, -1
-        _held.discard(self)
-        if fd >= 0 and fd != _NO_FD:
-            os.close(fd)
+        """Release the lock and close its descriptor; idempotent."""
+        with _guard:
+            fd, self._fd = self._fd, -1
+            _held.discard(self)
+            if fd < 0 or fd == _NO_FD:
+                return
+            # Unlock first: closing one descriptor releases nothing while another
+            # descriptor of the same open file lives on (a dup, or a forked child's).
+            try:
+                if _OFD:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, self._request(fcntl.F_UNLCK))
+                else:  # pragma: no cover - macOS
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                _close(fd)
 
     def __enter__(self) -> SegmentLock:
         return self.acquire()

@@ -90,10 +90,11 @@ def _release(name: str, creator_pid: int, identity: Identity | None) -> None:
     # A fork()ed child holds a copy of the owner handle and of this finalizer;
     # only the creating process may unlink.
     if os.getpid() == creator_pid:
-        if _still_ours(name, identity):
-            _segment.unlink(name)
-        _compat.unregister_creator(name)
-        _cache.forget(name)
+        with _interrupts.deferred():
+            if _still_ours(name, identity):
+                _segment.unlink(name)
+            _compat.unregister_creator(name)
+            _cache.forget(name)
 
 
 class SharedMemoryArray(Generic[_ScalarT_co]):
@@ -312,6 +313,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 _cache.forget(name)
                 raise
             self._owner_pid = os.getpid()
+            if _interrupts.pending():  # the caller will never get the handle
+                self.close()
         return self
 
     @classmethod
@@ -581,6 +584,13 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         if self._closed:
             return
+        if not self.owner:
+            self._close()
+            return
+        with _interrupts.deferred():  # a Ctrl-C half way would leak the segment
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         segment, users = self._mapped, self._users
         self._mapped = self._array = self._users = None

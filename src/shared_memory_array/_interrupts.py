@@ -12,8 +12,8 @@ Ctrl-C still stops a large copy at once.
 
 from __future__ import annotations
 
+import _signal
 import contextlib
-import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -36,13 +36,15 @@ def deferred() -> Iterator[None]:
     if _deferring is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    # _signal, not signal: signal's wrappers turn handlers into enums through a
+    # failing lookup, a long stretch of Python in which a Ctrl-C would land first.
+    previous = _signal.getsignal(_signal.SIGINT)
     if not callable(previous):  # ignored, or the default action: nothing raises here
         yield
         return
     received: list[tuple[int, FrameType | None]] = []
     try:
-        signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+        _signal.signal(_signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
     except ValueError:  # not the main interpreter
         yield
         return
@@ -51,9 +53,14 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring = None
-        signal.signal(signal.SIGINT, previous)
+        _signal.signal(_signal.SIGINT, previous)
         if received:
             previous(*received[0])
+
+
+def pending() -> bool:
+    """Whether a SIGINT came during the `deferred` block running now."""
+    return _deferring is not None and bool(_deferring[1])
 
 
 def safe_point() -> None:

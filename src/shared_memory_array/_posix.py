@@ -17,11 +17,14 @@ import _posixshmem
 import contextlib
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import stat
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -55,9 +58,6 @@ _libc_mmap.argtypes = [
     ctypes.c_int,
     ctypes.c_int64,  # off_t is 64 bits on the 64-bit platforms we support
 ]
-_libc_munmap = _libc.munmap
-_libc_munmap.restype = ctypes.c_int
-_libc_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _renameat2 = getattr(_libc, "renameat2", None)  # glibc 2.28+; absent on macOS
 if _renameat2 is not None:
@@ -80,11 +80,9 @@ Identity = tuple[int, int, int]
 class _Mapping:
     """One ``mmap`` of a whole segment, unmapped when the last array over it dies."""
 
-    __slots__ = ("__array_interface__", "address", "length")
+    __slots__ = ("__array_interface__", "__weakref__")
 
     def __init__(self, address: int, length: int, readonly: bool) -> None:
-        self.address = address
-        self.length = length
         self.__array_interface__ = {
             "data": (address, readonly),
             "shape": (length,),
@@ -92,9 +90,29 @@ class _Mapping:
             "version": 3,
         }
 
-    def __del__(self, _munmap: Any = _libc_munmap) -> None:
-        if getattr(self, "length", 0):  # __init__ may not have run
-            _munmap(self.address, self.length)
+
+# munmap() as the callback of a weak reference to each mapping: called from C with
+# no Python frame, so no Ctrl-C can land between the mapping's death and the unmap
+# (a __del__ can be interrupted on entry: issue 10).  The callback gets the weak
+# reference as a third argument, which munmap ignores (a surplus register argument).
+_munmap_callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.py_object
+)(("munmap", _libc))
+# The weak references live here, not on their mappings: the garbage collector skips
+# the callback of a weak reference that dies in the same cycle as its referent.
+_unmappers: set[weakref.ref[_Mapping]] = set()
+_unmappers_lock = threading.Lock()
+_prune_at = 64
+
+
+def _unmapped_when_unused(mapping: _Mapping, address: int, length: int) -> None:
+    global _prune_at
+    unmap = weakref.ref(mapping, functools.partial(_munmap_callback, address, length))
+    with _unmappers_lock:
+        _unmappers.add(unmap)
+        if len(_unmappers) >= _prune_at:  # forget the spent ones now and then
+            _unmappers.difference_update([ref for ref in _unmappers if ref() is None])
+            _prune_at = max(64, 2 * len(_unmappers))
 
 
 def _map(fd: int, size: int, writable: bool) -> Bytes:
@@ -105,7 +123,9 @@ def _map(fd: int, size: int, writable: bool) -> Bytes:
     if address is None or address == _MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return np.asarray(_Mapping(address, size, not writable))
+    mapping = _Mapping(address, size, not writable)
+    _unmapped_when_unused(mapping, address, size)
+    return np.asarray(mapping)
 
 
 def free_bytes() -> int | None:
@@ -187,7 +207,9 @@ def _path(name: str) -> str:
 _creating: set[int] = set()
 
 
-def _close_inherited_creations() -> None:
+def _after_fork_in_child() -> None:
+    global _unmappers_lock
+    _unmappers_lock = threading.Lock()  # another thread may have held it at fork()
     for fd in list(_creating):
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -195,7 +217,7 @@ def _close_inherited_creations() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_creations)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def create(

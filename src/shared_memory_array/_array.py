@@ -696,11 +696,20 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         shared : bool, default False
             Take a shared (read) lock: many holders at once, none exclusive.
         timeout : float, optional
-            Seconds to wait before raising `LockTimeoutError`; wait forever if None.
+            Seconds to wait before raising `LockTimeoutError`; None, -1 or infinity
+            wait forever.  NaN or another negative value raises ``ValueError``.
         blocking : bool, default True
             If False, raise `LockTimeoutError` at once when the lock is taken.
         rows : int or slice, optional
             Lock ``self[rows]`` instead of the whole array.
+
+        Raises
+        ------
+        LockTimeoutError
+            Another holder kept it past ``timeout`` (raised by ``acquire``).
+        SegmentNotFoundError
+            The segment is gone, or its name now leads to something else than a
+            segment, such as a FIFO (raised by ``acquire``).
 
         Examples
         --------

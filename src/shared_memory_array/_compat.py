@@ -1,8 +1,8 @@
 """CPython's resource tracker and SharedMemoryManager protocol, as this library uses them.
 
 Each function here works on CPython 3.9 to 3.13.  The other private CPython pieces
-the library leans on: ``_posixshmem`` (in ``_posix`` and ``_lock``), the manager's
-server internals (in ``_manager``), and ``SharedMemory``'s mapping (in ``_windows``).
+the library leans on: ``_posixshmem`` (in ``_posix``), the manager's
+server internals (in ``_manager``).
 """
 
 from __future__ import annotations

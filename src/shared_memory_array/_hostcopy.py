@@ -18,7 +18,6 @@ on Linux, so the two never interfere.
 
 from __future__ import annotations
 
-import _posixshmem
 import contextlib
 import fcntl
 import os
@@ -170,13 +169,12 @@ def join(name: str, identity: Identity) -> bool:
         if name in _held:
             return True
         try:
-            fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
-        except FileNotFoundError:
+            fd, st = _segment.open_file(name, writable=False)
+        except FileNotFoundError:  # gone, or not a segment
             return False
         try:
             # Waits only while a leaving member holds the exclusive lock to unlink.
             fcntl.flock(fd, fcntl.LOCK_SH)
-            st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != identity[:2] or not _leads_to(name, identity):
                 os.close(fd)  # another segment took the name, or it was just unlinked
                 return False

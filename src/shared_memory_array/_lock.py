@@ -15,25 +15,21 @@ symlinks or blocking, and refused unless it is a regular file.
 
 from __future__ import annotations
 
-import _posixshmem
 import errno
 import fcntl
 import math
 import os
-import stat
 import struct
-import sys
 import threading
 import time
 import weakref
 from types import TracebackType
 
-from ._errors import LockTimeoutError, SegmentNotFoundError
-from ._segment import SHM_DIR
+from . import _segment
+from ._errors import LockTimeoutError
 
 __all__ = ["SegmentLock"]
 
-_ON_LINUX = sys.platform.startswith("linux")
 _OFD = hasattr(fcntl, "F_OFD_SETLK")
 # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
@@ -41,23 +37,6 @@ _FLOCK = struct.Struct("@hhqqi4x")
 _BUSY = (errno.EAGAIN, errno.EACCES)
 _FIRST_POLL, _LAST_POLL = 0.0005, 0.05
 _NO_FD = 1 << 30  # "held" without a descriptor: the lock of an empty region
-
-_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFDIR: "a directory",
-    stat.S_IFLNK: "a symbolic link",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-# What open() answers when the name leads to something it cannot open as a file:
-# O_NOFOLLOW gives ELOOP for a symlink, O_RDWR EISDIR for a directory, and a
-# Unix socket gives ENXIO.
-_REFUSED_BY_OPEN = {
-    errno.ELOOP: stat.S_IFLNK,
-    errno.EISDIR: stat.S_IFDIR,
-    errno.ENXIO: stat.S_IFSOCK,
-}
 
 # A fork()ed child inherits every descriptor open here, and an OFD lock lasts while
 # any descriptor of its open file does: the child closes its copies at once, both
@@ -95,32 +74,9 @@ os.register_at_fork(
 
 def _open(name: str, *, shared: bool) -> int:
     """Open segment ``name`` to lock it; refuse a name that leads to anything else."""
-    access = os.O_RDONLY if shared else os.O_RDWR
     with _guard:
-        try:
-            if _ON_LINUX:  # shm_open() itself, plus O_NONBLOCK: a FIFO must not block
-                path = os.path.join(SHM_DIR, name)
-                fd = os.open(path, access | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            else:  # pragma: no cover - macOS: no path to open
-                fd = int(_posixshmem.shm_open("/" + name, access, 0o600))
-        except FileNotFoundError:
-            raise SegmentNotFoundError(
-                f"cannot lock {name!r}: the segment no longer exists", segment=name
-            ) from None
-        except OSError as exc:
-            if exc.errno not in _REFUSED_BY_OPEN:
-                raise
-            raise _not_a_segment(name, _REFUSED_BY_OPEN[exc.errno]) from None
+        fd, _ = _segment.open_file(name, writable=not shared)
         _fds.add(fd)
-    if not _ON_LINUX:  # pragma: no cover - macOS: shm_open's namespace holds only segments
-        return fd
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_a_segment(name, stat.S_IFMT(mode))
-    except BaseException:
-        _close(fd)
-        raise
     return fd
 
 
@@ -128,15 +84,6 @@ def _close(fd: int) -> None:
     with _guard:
         _fds.discard(fd)
         os.close(fd)
-
-
-def _not_a_segment(name: str, kind: int) -> SegmentNotFoundError:
-    what = _KINDS.get(kind, "a special file")
-    return SegmentNotFoundError(
-        f"cannot lock {name!r}: {os.path.join(SHM_DIR, name)} is {what}, not a shared "
-        "memory segment",
-        segment=name,
-    )
 
 
 class SegmentLock:

@@ -359,28 +359,57 @@ def _read_head(fd: int, segment: Bytes) -> tuple[bytes, int]:
     return head, needed
 
 
-def _open(name: str, writable: bool) -> int:
-    """Open segment ``name``: a regular file, never a FIFO or a symlink planted there."""
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+# What open() answers when the name leads to something it cannot open as a file:
+# O_NOFOLLOW gives ELOOP for a symlink, O_RDWR EISDIR for a directory, and a
+# Unix socket gives ENXIO.
+_REFUSED_BY_OPEN = {
+    errno.ELOOP: stat.S_IFLNK,
+    errno.EISDIR: stat.S_IFDIR,
+    errno.ENXIO: stat.S_IFSOCK,
+}
+
+
+def open_file(name: str, *, writable: bool) -> tuple[int, os.stat_result]:
+    """Open segment ``name`` and ``fstat`` it: a regular file, never a FIFO, a symlink
+    or anything else planted under the name (``/dev/shm`` is world-writable).
+
+    Raises `SegmentNotFoundError` if there is no segment of that name.
+    """
     flags = os.O_RDWR if writable else os.O_RDONLY
     try:
-        if not _ON_LINUX:  # pragma: no cover - macOS
-            return int(_posixshmem.shm_open("/" + name, flags, 0o600))
-        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever.
-        return os.open(_path(name), flags | os.O_NONBLOCK | _OPEN_FLAGS)
+        if _ON_LINUX:  # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever
+            fd = os.open(_path(name), flags | os.O_NONBLOCK | _OPEN_FLAGS)
+        else:  # pragma: no cover - macOS: shm_open's namespace holds only segments
+            fd = int(_posixshmem.shm_open("/" + name, flags, 0o600))
     except FileNotFoundError:
         raise SegmentNotFoundError(
             f"no shared memory segment named {name!r} (never created, or already unlinked)",
             segment=name,
         ) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _not_a_segment(name, "a symbolic link") from None
-        if exc.errno == errno.EISDIR:
-            raise _not_a_segment(name, "a directory") from None
+        if exc.errno not in _REFUSED_BY_OPEN:
+            raise
+        raise _not_a_segment(name, _REFUSED_BY_OPEN[exc.errno]) from None
+    try:
+        st = os.fstat(fd)
+        if _ON_LINUX and not stat.S_ISREG(st.st_mode):
+            raise _not_a_segment(name, stat.S_IFMT(st.st_mode))
+    except BaseException:
+        os.close(fd)
         raise
+    return fd, st
 
 
-def _not_a_segment(name: str, what: str) -> SegmentNotFoundError:
+def _not_a_segment(name: str, kind: int) -> SegmentNotFoundError:
+    what = _KINDS.get(kind, "a special file")
     return SegmentNotFoundError(
         f"no shared memory segment named {name!r}: {SHM_DIR}/{name} is {what}, "
         "not a shared memory segment",
@@ -415,11 +444,8 @@ def open_existing(
     ``ftruncate``); its pages are reserved here, so using the mapping cannot SIGBUS
     when ``/dev/shm`` fills up (tmpfs allocates a page even on a read of a hole).
     """
-    fd = _open(name, writable)
+    fd, st = open_file(name, writable=writable)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_a_segment(name, _file_kind(st.st_mode))
         if trusted_only:
             _check_trusted(name, st)
         size = st.st_size
@@ -434,14 +460,6 @@ def open_existing(
         return segment, _identity(st), head
     finally:
         os.close(fd)
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "not a regular file"
 
 
 def _reserve(fd: int, name: str, size: int, committed: int) -> None:

@@ -13,9 +13,10 @@ rules:
   with every segment made or unlinked), and a ``stat`` per cached segment when
   something did.  A pickled handle also carries its segment's identity, so it is
   never given a mapping of another segment that took the name.  An owner's unlink
-  drops its entry at once;
-  `release_cached_mappings` drops them all.  Arrays still using a mapping keep it
-  alive, as always.
+  drops its entry at once, and so does an explicit close of the last live handle
+  of this process on a segment (`let_go`); handles merely garbage collected, as a
+  pool task's are, leave it for the next task.  `release_cached_mappings` drops
+  them all.  Arrays still using a mapping keep it alive, as always.
 - Bounded: at most `MAX_ENTRIES` segments, least recently attached dropped first.
 """
 

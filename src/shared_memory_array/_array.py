@@ -81,8 +81,7 @@ def _pieces_of(array: np.ndarray[Any, Any]) -> Iterator[np.ndarray[Any, Any]]:
 
 def _still_ours(name: str, identity: Identity | None) -> bool:
     """Whether ``name`` still leads to the segment of that identity (not a newer one)."""
-    current = _segment.identity(name)
-    return identity is None or (current is not None and current[:2] == identity[:2])
+    return identity is None or identity.same_file(_segment.identity(name))
 
 
 def _release(name: str, creator_pid: int, identity: Identity | None) -> None:
@@ -480,7 +479,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             mapped = _cache.attach(name, self._identity, readonly=self._readonly)
         except SegmentNotFoundError as exc:
             raise self._foreign_or(exc) from None
-        if mapped.identity != self._identity:  # the pickle had none (Windows)
+        if self._identity is None:  # pickled by a release that sent none
             self._identity, self._reduced = mapped.identity, None
         found, wanted = mapped.layout, self._layout
         if (
@@ -657,7 +656,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 _dtype_token(dtype),
                 fortran,
                 region,
-                self._identity,
+                None if self._identity is None else tuple(self._identity),  # small: no class
                 self._readonly,
                 self._host or host_key(),
             )
@@ -864,7 +863,7 @@ def _rebuild(
     dtype: np.dtype[Any] | str,
     fortran: bool,
     region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
-    identity: Identity | None = None,
+    identity: tuple[int, ...] | None = None,
     readonly: bool = False,
     host: str | None = None,
 ) -> SharedMemoryArray[Any]:
@@ -873,7 +872,8 @@ def _rebuild(
     handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, None)
     if region is not None:
         handle._region = Region(*region)
-    handle._identity = identity
+    if identity is not None:  # a tampered one matches no segment: an error at first use
+        handle._identity = Identity(*identity) if len(identity) == 3 else Identity(-1, -1, -1)
     handle._readonly = readonly
     handle._host = host
     return handle

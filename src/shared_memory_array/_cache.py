@@ -43,13 +43,13 @@ class Mapped(NamedTuple):
     """A mapped segment, what it is, and what its header says (None: a raw segment)."""
 
     segment: Bytes
-    identity: Identity | None
+    identity: Identity
     layout: Layout | None
     array: np.ndarray[Any, Any] | None  # the whole array, per ``layout``
     users: weakref.WeakSet[Any]  # this process's live handles over this mapping
 
     @classmethod
-    def of(cls, segment: Bytes, identity: Identity | None, layout: Layout | None) -> Mapped:
+    def of(cls, segment: Bytes, identity: Identity, layout: Layout | None) -> Mapped:
         array = None if layout is None else layout.view(segment)
         return cls(segment, identity, layout, array, weakref.WeakSet())
 
@@ -71,17 +71,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _remember(key: tuple[str, bool], mapped: Mapped) -> None:
-    if mapped.identity is None:  # the backend cannot tell segments apart: never cache
-        return
     with _lock:
         _entries[key] = mapped
         _entries.move_to_end(key)
         while len(_entries) > MAX_ENTRIES:
             _entries.popitem(last=False)
-
-
-def _same_segment(a: Identity | None, b: Identity | None) -> bool:
-    return a is None or b is None or a[:2] == b[:2]
 
 
 def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
@@ -95,7 +89,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
     hit = _entries.get(key)
     # A pickled handle naming a segment mapped here is served that mapping: it
     # is the very segment, unlinked or not.
-    served = hit is not None and identity is not None and hit.identity == identity
+    served = hit is not None and hit.identity.same_mapping(identity)
     if served and len(_entries) == 1:
         return hit  # nothing else is cached: the common case of a pool worker
     if _entries:
@@ -103,7 +97,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
         if state is None or state != _checked_state:  # something was made or unlinked
             complete = True
             for other, cached in list(_entries.items()):
-                if _segment.identity(other[0]) == cached.identity:
+                if cached.identity.same_mapping(_segment.identity(other[0])):
                     continue
                 if served and other == key:
                     complete = False  # gone, but named by this pickle: serve it once more
@@ -111,7 +105,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
                     _entries.pop(other, None)
             _checked_state = state if complete else None
     hit = _entries.get(key)
-    if hit is not None and (identity is None or hit.identity == identity):
+    if hit is not None and (identity is None or hit.identity.same_mapping(identity)):
         _entries.move_to_end(key)
         return hit
     return None
@@ -145,7 +139,7 @@ def attach(
         name, writable=not readonly, trusted_only=trusted_only
     )
     problem: Exception | None = None
-    if not _same_segment(identity, found):
+    if identity is not None and not found.same_file(identity):
         problem = SegmentNotFoundError(
             f"shared memory segment {name!r} was unlinked; its name now belongs to another segment",
             segment=name,

@@ -76,8 +76,7 @@ def is_member() -> bool:
 
 
 def _leads_to(name: str, identity: Identity) -> bool:
-    current = _segment.identity(name)
-    return current is not None and current[:2] == identity[:2]
+    return identity.same_file(_segment.identity(name))
 
 
 def create(data: np.ndarray[Any, Any], fortran: bool, name: str) -> tuple[str, Identity]:
@@ -163,8 +162,9 @@ def _claim_path(name: str) -> str:
     return os.path.join(_segment.SHM_DIR, f".{name}.lock")  # no segment name starts with "."
 
 
-def join(name: str, identity: Identity) -> bool:
+def join(name: str, identity: tuple[int, int, int]) -> bool:
     """Hold copy ``name`` until `leave`; return False if it is gone."""
+    identity = Identity(*identity)  # a plain tuple from a pickle of an older release
     with _lock:
         if name in _held:
             return True
@@ -175,7 +175,7 @@ def join(name: str, identity: Identity) -> bool:
         try:
             # Waits only while a leaving member holds the exclusive lock to unlink.
             fcntl.flock(fd, fcntl.LOCK_SH)
-            if (st.st_dev, st.st_ino) != identity[:2] or not _leads_to(name, identity):
+            if not identity.same_file((st.st_dev, st.st_ino)) or not _leads_to(name, identity):
                 os.close(fd)  # another segment took the name, or it was just unlinked
                 return False
         except BaseException:

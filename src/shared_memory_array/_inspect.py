@@ -285,8 +285,8 @@ def _unlink_if_unheld(name: str) -> bool:
         except BlockingIOError:
             return False
         st = os.fstat(fd)
-        return _segment.identity(name) == (st.st_dev, st.st_ino, st.st_size) and _segment.unlink(
-            name
-        )
+        return _segment.Identity(st.st_dev, st.st_ino, st.st_size).same_mapping(
+            _segment.identity(name)
+        ) and _segment.unlink(name)
     finally:
         os.close(fd)

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -73,8 +73,27 @@ _AT_FDCWD = -100
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 Bytes = np.ndarray[Any, np.dtype[np.uint8]]
-Identity = tuple[int, int, int]
-"""What tells one segment from another of the same name: (device, inode, size)."""
+
+
+class Identity(NamedTuple):
+    """Which file a segment's name led to: tells segments of one name apart."""
+
+    device: int
+    inode: int
+    size: int
+
+    def same_file(self, other: tuple[int, ...] | None) -> bool:
+        """Whether ``other`` is this very segment, whatever its size now.
+
+        The question of ownership: may the owner still unlink the name, may a
+        member still hold it.
+        """
+        return other is not None and self[:2] == tuple(other[:2])
+
+    def same_mapping(self, other: tuple[int, ...] | None) -> bool:
+        """Whether a mapping of this segment still serves ``other``: the same file
+        at the same size (reading past the end of a shrunk file raises SIGBUS)."""
+        return other is not None and tuple(self) == tuple(other)
 
 
 class _Mapping:
@@ -158,7 +177,7 @@ def _pwrite_all(fd: int, offset: int, data: Bytes) -> None:
 
 
 def _identity(st: os.stat_result) -> Identity:
-    return (st.st_dev, st.st_ino, st.st_size)
+    return Identity(st.st_dev, st.st_ino, st.st_size)
 
 
 def identity(name: str) -> Identity | None:
@@ -293,7 +312,7 @@ def _map_linked(path: str, expected: os.stat_result) -> Bytes:
     """Map a segment published by a link through its real name (see `_publish`)."""
     fd = os.open(path, os.O_RDWR | _OPEN_FLAGS)
     try:
-        if _identity(os.fstat(fd))[:2] != _identity(expected)[:2]:
+        if not _identity(expected).same_file(_identity(os.fstat(fd))):
             raise FileNotFoundError(errno.ENOENT, "replaced as it was made", path)
         return _map(fd, expected.st_size, writable=True)
     finally:

@@ -301,7 +301,7 @@ def _source_view(published: PublishedArray) -> npt.NDArray[Any]:
 def _source_held(published: PublishedArray) -> bool:
     """Run on a host with a copy: whether it is still there (not released)."""
     name, identity = published._copies[host_key()]
-    return _segment.identity(name) == identity
+    return identity.same_mapping(_segment.identity(name))
 
 
 _T = TypeVar("_T")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _cache, _compat, _interrupts, _layout, _names, _segment
+from . import _cache, _interrupts, _keepers, _layout, _names, _segment
 from ._errors import (
     ClosedHandleError,
     ForeignHostError,
@@ -92,7 +92,7 @@ def _release(name: str, creator_pid: int, identity: Identity | None) -> None:
         with _interrupts.deferred():
             if _still_ours(name, identity):
                 _segment.unlink(name)
-            _compat.unregister_creator(name)
+            _keepers.unregister_creator(name)
             _cache.forget(name)
 
 
@@ -132,7 +132,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _closed = False
     _owner_pid = 0
     _finalizer: util.Finalize | None = None
-    _manager: _compat.ManagerLink | None = None
+    _manager: _keepers.ManagerLink | None = None
     _region: Region | None = None  # a part of the array, from basic indexing
     _identity: Identity | None = None  # which segment the name meant when mapped
     _array: npt.NDArray[Any] | None = None  # built by the first as_array()
@@ -275,7 +275,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         name: str | None,
         source: np.ndarray[Any, Any] | None,
     ) -> SharedMemoryArray[Any]:
-        link = None if manager is None else _compat.manager_link(manager)
+        link = None if manager is None else _keepers.manager_link(manager)
         name = name or _names.generate()
         fortran = fortran and len(shape) > 1  # one layout for 0-d and 1-d arrays
         creator = os.getpid()
@@ -298,14 +298,14 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             self._array = mapped.array
             try:
                 if link is None:
-                    _compat.register_creator(name)
+                    _keepers.register_creator(name)
                     # exitpriority -1: at exit, after multiprocessing has joined the
                     # non-daemon children that may still use the segment (issue 10).
                     self._finalizer = util.Finalize(
                         self, _release, args=(name, os.getpid(), self._identity), exitpriority=-1
                     )
                 else:
-                    _compat.manager_track(link, name)
+                    _keepers.manager_track(link, name)
                     self._manager = link
             except BaseException:
                 _segment.unlink(name)
@@ -622,7 +622,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             self._owner_pid = 0
             if self._manager is not None:
                 if _still_ours(self._name, self._identity):
-                    _compat.manager_release(self._manager, self._name)
+                    _keepers.manager_release(self._manager, self._name)
                 _cache.forget(self._name)
             elif self._finalizer is not None:
                 self._finalizer()  # _release()

@@ -1,7 +1,9 @@
-"""CPython's resource tracker and SharedMemoryManager protocol, as this library uses them.
+"""The keepers that unlink a segment if its owner cannot: CPython's resource tracker
+(for a killed owner with no manager) and a ``SharedMemoryManager``'s server.
 
-Each function here works on CPython 3.9 to 3.13.  The other private CPython pieces
-the library leans on: ``_posixshmem`` (in ``_posix``), the manager's
+Each function here works on CPython 3.9 to 3.13, through CPython internals: the
+tracker's private lock, and the manager's protocol.  The other private CPython
+pieces the library leans on: ``_posixshmem`` (in ``_posix``) and the manager's
 server internals (in ``_manager``).
 """
 

@@ -227,13 +227,13 @@ def test_copying_a_strided_single_row_makes_no_full_temporary():
 
 @pytest.mark.parametrize("dims", [(0,), (3, 0, 2), (5,), (1, 7, 1), (4, 3, 2)])
 def test_blocks_cover_every_element_in_order(dims, monkeypatch):
-    from shared_memory_array import _array
+    from shared_memory_array import _write
 
-    monkeypatch.setattr(_array, "_COPY_BLOCK_BYTES", 16)
+    monkeypatch.setattr(_write, "_COPY_BLOCK_BYTES", 16)
     base = np.arange(int(np.prod(dims)) * 2, dtype=np.int32).reshape(*dims[:-1], dims[-1] * 2)
     source = base[..., ::2]
     for fortran in (False, True):
-        pieces = list(_array._blocks(source, fortran))
+        pieces = list(_write._blocks(source, fortran))
         flat = np.concatenate([piece for _, piece in pieces]) if pieces else np.empty(0, np.uint8)
         expected = np.asarray(source, order="F" if fortran else "C").tobytes(
             order="F" if fortran else "C"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import operator
 import os
 import weakref
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _cache, _interrupts, _keepers, _layout, _names, _segment
+from . import _cache, _interrupts, _keepers, _layout, _names, _segment, _write
 from ._errors import (
     ClosedHandleError,
     ForeignHostError,
@@ -35,48 +34,11 @@ _ScalarT_co = TypeVar("_ScalarT_co", bound=np.generic, covariant=True)
 _Handle = TypeVar("_Handle", bound="SharedMemoryArray[Any]")
 Order = Literal["C", "F"]
 
-# Non-contiguous sources are copied into the segment in blocks of about this
-# size, so copy() never makes a full temporary of the array.
-_COPY_BLOCK_BYTES = 1 << 24
-
 
 def _fortran(order: str | None) -> bool:
     if order not in ("C", "F"):
         raise LayoutError(f"expected order 'C' or 'F' (got {order!r})")
     return order == "F"
-
-
-def _blocks(array: np.ndarray[Any, Any], fortran: bool) -> Iterator[tuple[int, Bytes]]:
-    """Yield ``(offset, bytes)`` pieces of ``array`` laid out in C or Fortran order.
-
-    A non-contiguous array is copied in pieces of at most about `_COPY_BLOCK_BYTES`,
-    however its dimensions fall: a (1, 2**27) strided array too.
-    """
-    if fortran:  # the Fortran-order bytes of a are the C-order bytes of a.T
-        array = array.T
-    if array.flags.c_contiguous:
-        yield 0, array.reshape(-1).view(np.uint8)
-        return
-    offset = 0
-    for piece in _pieces_of(array):
-        block = np.ascontiguousarray(piece)
-        yield offset, block.reshape(-1).view(np.uint8)
-        offset += block.nbytes
-
-
-def _pieces_of(array: np.ndarray[Any, Any]) -> Iterator[np.ndarray[Any, Any]]:
-    """Split ``array`` into parts of at most `_COPY_BLOCK_BYTES`, in C order."""
-    if array.nbytes <= _COPY_BLOCK_BYTES or array.ndim == 0:
-        yield array
-        return
-    row_bytes = array[0].nbytes if array.shape[0] else 0
-    if row_bytes > _COPY_BLOCK_BYTES and array.ndim > 1:
-        for row in array:
-            yield from _pieces_of(row)
-        return
-    rows = max(1, _COPY_BLOCK_BYTES // max(1, row_bytes))
-    for start in range(0, array.shape[0], rows):
-        yield array[start : start + rows]
 
 
 def _still_ours(name: str, identity: Identity | None) -> bool:
@@ -229,7 +191,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         array = np.asarray(template)
         dims, dt = _layout.normalize(array.shape, array.dtype)
-        return cls._create(manager, dims, dt, _is_fortran(array), _checked_name(name), None)
+        return cls._create(manager, dims, dt, _layout.is_fortran(array), _checked_name(name), None)
 
     @classmethod
     def allocate_like_unsafe(
@@ -238,7 +200,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """`allocate_like` without normalising its arguments."""
         array = np.asarray(template)
         dt = _layout.normalize_dtype(array.dtype)
-        return cls._create(manager, array.shape, dt, _is_fortran(array), name, None)
+        return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, None)
 
     @classmethod
     def copy(
@@ -254,7 +216,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         array = np.asarray(data)
         dims, dt = _layout.normalize(array.shape, array.dtype)
-        return cls._create(manager, dims, dt, _is_fortran(array), _checked_name(name), array)
+        return cls._create(manager, dims, dt, _layout.is_fortran(array), _checked_name(name), array)
 
     @classmethod
     def copy_unsafe(
@@ -263,7 +225,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """`copy` without normalising its arguments."""
         array = np.asarray(data)
         dt = _layout.normalize_dtype(array.dtype)
-        return cls._create(manager, array.shape, dt, _is_fortran(array), name, array)
+        return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, array)
 
     @classmethod
     def _create(
@@ -278,21 +240,13 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         link = None if manager is None else _keepers.manager_link(manager)
         name = name or _names.generate()
         fortran = fortran and len(shape) > 1  # one layout for 0-d and 1-d arrays
-        creator = os.getpid()
-        keeper = creator if link is None else link.pid
-        header, offset = _layout.encode(shape, dtype, fortran, creator, keeper)
-        layout = Layout(shape, dtype, fortran, offset)
+        keeper = os.getpid() if link is None else link.pid
         # Until the handle and its finalizer exist, a Ctrl-C would leak the segment;
         # it comes between the blocks of a copy instead, or once the handle exists.
         with _interrupts.deferred():
-            mapped = _cache.create(
-                name,
-                offset + layout.nbytes,
-                _pieces(header, offset, source, fortran),
-                layout,
-                filled=source is not None,
-            )
-            self = cls._make(name, layout, None)
+            mapped = _write.create(name, shape, dtype, fortran, source, keeper=keeper)
+            assert mapped.layout is not None  # a segment made here has a header
+            self = cls._make(name, mapped.layout, None)
             self._use(mapped)
             self._identity = mapped.identity
             self._array = mapped.array
@@ -653,7 +607,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             args = (
                 self._name,
                 shape,
-                _dtype_token(dtype),
+                _layout.dtype_token(dtype),
                 fortran,
                 region,
                 None if self._identity is None else tuple(self._identity),  # small: no class
@@ -752,16 +706,6 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         )
 
 
-def _pieces(
-    header: bytes, offset: int, source: np.ndarray[Any, Any] | None, fortran: bool
-) -> Iterator[tuple[int, Bytes]]:
-    """Yield what a new segment holds: the header, then the source's bytes if any."""
-    yield 0, np.frombuffer(header, np.uint8)
-    if source is not None:
-        for at, block in _blocks(source, fortran):
-            yield offset + at, block
-
-
 def _basic_index(part: object) -> Any:
     """``part`` of a basic index, integers as ``int``; TypeError for anything else."""
     if part is None or part is Ellipsis or isinstance(part, slice):
@@ -779,10 +723,6 @@ def _basic_index(part: object) -> Any:
 
 def _checked_name(name: str | None) -> str | None:
     return None if name is None else _names.validate(name)
-
-
-def _is_fortran(array: np.ndarray[Any, Any]) -> bool:
-    return array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
 
 
 def _resolve(
@@ -842,21 +782,6 @@ def _describe(layout: Layout) -> str:
     return f"an array of shape {layout.shape}, dtype {layout.dtype}, {order} order"
 
 
-@functools.lru_cache(maxsize=64)
-def _dtype_of(token: str) -> np.dtype[Any]:
-    return np.dtype(token)
-
-
-def _dtype_token(dtype: np.dtype[Any]) -> np.dtype[Any] | str:
-    """What a pickle carries for ``dtype``: its string when that says it all."""
-    # Pickling a dtype object costs about 4 us, its string far less.
-    return dtype.str if dtype.names is None and not dtype.metadata else dtype
-
-
-def _dtype(token: np.dtype[Any] | str) -> np.dtype[Any]:
-    return _dtype_of(token) if isinstance(token, str) else np.dtype(token)
-
-
 def _rebuild(
     name: str,
     shape: tuple[int, ...],
@@ -868,7 +793,7 @@ def _rebuild(
     host: str | None = None,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
-    layout = Layout(shape, _dtype(dtype), fortran, 0)
+    layout = Layout(shape, _layout.dtype_of_token(dtype), fortran, 0)
     handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, None)
     if region is not None:
         handle._region = Region(*region)
@@ -880,3 +805,4 @@ def _rebuild(
 
 
 _rebuild.__module__ = "shared_memory_array"
+rebuild = _rebuild  # for other modules; pickles name it _rebuild

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _cache, _layout, _names, _segment
-from ._array import _pieces
+from . import _cache, _layout, _names, _segment, _write
 from ._segment import Identity
 
 _lock = threading.Lock()
@@ -88,14 +87,8 @@ def create(data: np.ndarray[Any, Any], fortran: bool, name: str) -> tuple[str, I
     """
     dims, dtype = _layout.normalize(data.shape, data.dtype)
     fortran = fortran and len(dims) > 1
-    pid = os.getpid()
-    header, offset = _layout.encode(dims, dtype, fortran, pid, pid)
-    layout = _layout.Layout(dims, dtype, fortran, offset)
-    mapped = _cache.create(
-        name, offset + layout.nbytes, _pieces(header, offset, data, fortran), layout, filled=True
-    )
+    mapped = _write.create(name, dims, dtype, fortran, data, keeper=os.getpid())
     _cache.forget(name)  # the mapping goes with ``mapped``; tasks attach read-only
-    assert mapped.identity is not None  # POSIX segments always have one
     if _members:
         join(name, mapped.identity)
     return name, mapped.identity

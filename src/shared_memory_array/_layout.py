@@ -234,13 +234,31 @@ def _describe_dtype(dtype: np.dtype[Any]) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_dtype(text: bytes) -> np.dtype[Any]:
-    """Read a dtype description; parsed once per process (``literal_eval`` is slow)."""
-    if text[:1] in (b"[", b"("):
-        descr = ast.literal_eval(text.decode("utf-8"))
-        dtype: np.dtype[Any] = npformat.descr_to_dtype(descr)
+def _parse_dtype(text: str | bytes) -> np.dtype[Any]:
+    """Read a dtype description (a header's, or a pickle's token); each is parsed
+    once per process (``literal_eval`` is slow, and unpickling a handle is hot)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if text[:1] in ("[", "("):
+        dtype: np.dtype[Any] = npformat.descr_to_dtype(ast.literal_eval(text))
         return dtype
-    return np.dtype(text.decode("ascii"))
+    return np.dtype(text)
+
+
+def dtype_token(dtype: np.dtype[Any]) -> np.dtype[Any] | str:
+    """What a pickle carries for ``dtype``: its string when that says it all."""
+    # Pickling a dtype object costs about 4 us, its string far less.
+    return dtype.str if dtype.names is None and not dtype.metadata else dtype
+
+
+def dtype_of_token(token: np.dtype[Any] | str) -> np.dtype[Any]:
+    """The dtype a `dtype_token` stands for."""
+    return _parse_dtype(token) if isinstance(token, str) else np.dtype(token)
+
+
+def is_fortran(array: np.ndarray[Any, Any]) -> bool:
+    """Whether ``array`` is laid out in Fortran order (and not also in C order)."""
+    return array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
 
 
 def encode(

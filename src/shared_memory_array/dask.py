@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     ) from exc
 
 from . import _hostcopy, _layout, _names, _segment
-from ._array import SharedMemoryArray, _dtype, _dtype_token, _is_fortran, _rebuild
+from ._array import SharedMemoryArray, rebuild
 from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
 from ._host import host_key
 from ._segment import Identity
@@ -166,7 +166,7 @@ class PublishedArray:
         # A new handle each time: the process's attach cache keeps the mapping, and
         # forgets it on release; a handle kept here would keep a released copy mapped
         # for as long as Dask keeps this object.
-        return _rebuild(name, self._shape, self._dtype, self._fortran, None, identity, True)
+        return rebuild(name, self._shape, self._dtype, self._fortran, None, identity, True)
 
     def _late_copy(self, here: str) -> tuple[str, Identity]:
         """This host's copy, for a host that ran no worker at publish() time.
@@ -267,7 +267,7 @@ class PublishedArray:
         self.release()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        args = (self._copies, self._shape, _dtype_token(self._dtype), self._fortran)
+        args = (self._copies, self._shape, _layout.dtype_token(self._dtype), self._fortran)
         return (_rebuild_published, args)
 
     def __repr__(self) -> str:
@@ -371,7 +371,7 @@ def _seceded() -> Iterator[None]:
 def _rebuild_published(
     copies: _Copies, shape: tuple[int, ...], dtype: np.dtype[Any] | str, fortran: bool
 ) -> PublishedArray:
-    return PublishedArray(copies, shape, _dtype(dtype), fortran)
+    return PublishedArray(copies, shape, _layout.dtype_of_token(dtype), fortran)
 
 
 def publish(
@@ -413,7 +413,7 @@ def publish(
     """
     data = np.asarray(array)
     shape, dtype = _layout.normalize(data.shape, data.dtype)  # refuse object dtypes here
-    fortran = _is_fortran(data)
+    fortran = _layout.is_fortran(data)
     _register_plugins(client)
     keys: dict[str, str] = client.run(_enrol)
     if not keys:

@@ -31,6 +31,7 @@ def test_all_is_pinned():
         "ReleasedError",
         "SegmentExistsError",
         "SegmentInfo",
+        "SegmentLock",
         "SegmentNotFoundError",
         "SharedArray",
         "SharedMemoryArray",

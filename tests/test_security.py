@@ -197,3 +197,13 @@ def test_index_arrays_are_refused_when_indexing_not_at_use():
                 shared[index]
         with pytest.raises(TypeError, match="basic indexing"):
             shared[np.True_]
+
+
+def test_unsafe_attach_of_a_raw_segment_refuses_object_dtypes():
+    raw = shared_memory.SharedMemory(helpers.raw_name(), create=True, size=64)
+    try:
+        with pytest.raises(UnsupportedDtypeError, match="Python objects"):
+            SharedMemoryArray.attach_unsafe(raw.name, 2, object)
+    finally:
+        raw.close()
+        raw.unlink()

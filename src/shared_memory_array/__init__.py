@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._functions import empty, share, zeros
 from ._inspect import SegmentInfo, clean_segments, list_segments, segment_info
+from ._lock import SegmentLock
 from ._manager import SharedMemoryManager
 from ._version import __version__
 
@@ -45,6 +46,7 @@ __all__ = [
     "ReleasedError",
     "SegmentExistsError",
     "SegmentInfo",
+    "SegmentLock",
     "SegmentNotFoundError",
     "SharedArray",
     "SharedMemoryArray",

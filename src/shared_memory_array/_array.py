@@ -61,10 +61,16 @@ def _release(name: str, creator_pid: int, identity: Identity | None) -> None:
 class SharedMemoryArray(Generic[_ScalarT_co]):
     """A handle to a NumPy array that lives in a named shared memory segment.
 
-    Make one with `allocate`, `allocate_like`, `copy` or `attach`; never call the
-    class directly.  A handle pickles to its name, shape and dtype only, so passing
-    it to a worker process costs the same whatever the array's size, and the worker
+    Make one with `allocate`, `allocate_like` or `copy`, which create a segment and
+    return its owner, or with `attach`, which opens an existing one.  Calling the
+    class directly, ``SharedMemoryArray()``, raises ``TypeError``.  A handle pickles
+    to a reference to its segment, about 130 bytes (see `__reduce__`), so passing it
+    to a worker process costs the same whatever the array's size, and the worker
     gets a zero-copy view of the same memory from `as_array`.
+
+    The class is generic over the NumPy scalar type, for type checkers only:
+    ``SharedMemoryArray[np.float64]`` is valid in annotations and at run time.  The
+    constructors are annotated as returning ``SharedMemoryArray[Any]``.
 
     Ownership: the handle returned by `allocate`, `allocate_like` or `copy` is the
     segment's *owner*.  Closing the owner unlinks the segment (through the manager,
@@ -136,17 +142,30 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         Parameters
         ----------
         manager : multiprocessing.managers.SharedMemoryManager or None
-            A started manager that unlinks the segment when it shuts down, or
-            ``None`` for the handle to own the segment alone.
+            ``None``: the returned owner handle alone decides the segment's life.
+            It unlinks the segment when it is closed, garbage collected, or still
+            open when this process exits (after ``multiprocessing`` has joined the
+            non-daemon child processes); if the process is killed, Python's
+            resource tracker unlinks it.  Or a started ``SharedMemoryManager``
+            (the standard one, or `shared_memory_array.SharedMemoryManager`): the
+            segment is unlinked when the owner is closed, or when the manager
+            shuts down.
         shape : int or sequence of int
-            Shape of the array.
-        dtype : data-type, default float64
-            Any NumPy dtype without object fields: numbers, bool, datetime64,
-            strings, byte-swapped and structured dtypes.
-        order : {'C', 'F'}, default 'C'
-            Memory layout of the array.
+            Shape of the array: integers, or anything ``operator.index`` takes
+            (NumPy integers, say), none negative, at most 32 of them.  0-d
+            (``()``) and empty arrays are allowed.
+        dtype : str or numpy.dtype, default numpy.float64
+            Anything ``numpy.dtype()`` accepts, without Python objects: booleans,
+            numbers, ``datetime64`` and ``timedelta64``, byte and unicode strings
+            with a length, void, byte-swapped and structured dtypes.  A subarray
+            dtype such as ``("f4", (3,))`` is folded into the shape, as NumPy does.
+        order : 'C' or 'F', default 'C'
+            Memory layout: row-major (C) or column-major (Fortran).  Arrays of
+            fewer than two dimensions have one layout whatever the order.
         name : str, optional
-            Name for the segment; by default a fresh ``sma_<pid>_<random>`` one.
+            Name of the new segment: 1 to 255 characters (30 on macOS) from
+            ``A-Z a-z 0-9 _ . -``, not starting with ``.`` or ``-``.  By default a
+            fresh ``sma_<pid>_<16 hex digits>``.
 
         Returns
         -------
@@ -155,12 +174,30 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
         Raises
         ------
-        OutOfSharedMemoryError
-            ``/dev/shm`` cannot hold the array; nothing is left behind.
+        TypeError
+            ``manager`` is neither ``None`` nor a ``SharedMemoryManager``, or
+            ``dtype`` is not a data type NumPy understands.
+        SharedMemoryArrayError
+            ``manager`` is not running: it was never started (call ``start()``,
+            or use it in a ``with`` block), or it was shut down.
+        InvalidNameError
+            ``name`` breaks the rules above.
         SegmentExistsError
-            ``name`` is taken.
-        LayoutError, UnsupportedDtypeError, InvalidNameError
-            Invalid shape, dtype or name.
+            A segment called ``name`` exists already; it is left untouched.
+        LayoutError
+            ``shape`` is not integers, has a negative dimension or more than 32,
+            or is larger than this platform can address; or ``order`` is neither
+            ``'C'`` nor ``'F'``.
+        UnsupportedDtypeError
+            The segment's header could not describe ``dtype`` to another process:
+            it holds Python objects (their pointers mean nothing there), has size
+            0 (``"S"`` or ``"U"`` without a length), carries metadata (h5py's enum
+            dtypes do: share ``array.view(np.dtype(array.dtype.str))`` instead),
+            or has structured fields that go back in memory or overlap, nested
+            fields included.  Padding between fields is fine.
+        OutOfSharedMemoryError
+            ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+            Nothing is left behind.
         """
         dims, dt = _layout.normalize(shape, dtype)
         return cls._create(manager, dims, dt, _fortran(order), _checked_name(name), None)
@@ -175,7 +212,20 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         order: Order = "C",
         name: str | None = None,
     ) -> SharedMemoryArray[Any]:
-        """`allocate` without normalising its arguments; they must already be valid."""
+        """`allocate` for arguments already checked: no normalisation, the same safety.
+
+        Skipped: ``shape`` is used as given (an ``int`` or a tuple of non-negative
+        ``int``; no ``operator.index``, no range checks), a subarray dtype is not
+        folded into the shape (pass the base dtype and the full shape), ``name``
+        is not checked against the rules of `allocate`, and any ``order`` other
+        than ``'F'`` means C order.
+
+        Kept: ``manager`` is checked; the dtype is, as by `allocate`
+        (`UnsupportedDtypeError`); a name the system would read as another, with a
+        NUL character or a ``/``, or ``.`` or ``..``, raises `InvalidNameError`;
+        the segment is made and reserved as by `allocate`, and arrays from the
+        handle stay within it.  Returns and other errors are those of `allocate`.
+        """
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
         dt = _layout.normalize_dtype(dtype)
         return cls._create(manager, dims, dt, order == "F", name, None)
@@ -184,10 +234,47 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def allocate_like(
         cls, manager: object, template: npt.ArrayLike, *, name: str | None = None
     ) -> SharedMemoryArray[Any]:
-        """Make a zero-filled shared array with the shape, dtype and order of ``template``.
+        """Make a zero-filled shared array shaped like ``template``; return its owner handle.
 
-        Fortran order is kept when ``template`` is Fortran-contiguous (and not also
-        C-contiguous); otherwise the array is C-ordered.  See `allocate`.
+        The new array has the shape and dtype of ``template``, and its order:
+        Fortran if ``template`` has two or more dimensions and is
+        Fortran-contiguous but not C-contiguous, else C.  The values are not
+        copied (that is `copy`).
+
+        Parameters
+        ----------
+        manager : multiprocessing.managers.SharedMemoryManager or None
+            ``None`` for the owner handle to own the segment alone, or a started
+            ``SharedMemoryManager`` that unlinks it at shutdown (see `allocate`).
+        template : array_like
+            An array, or anything ``numpy.asarray`` takes.
+        name : str, optional
+            Name of the new segment (rules in `allocate`); by default a fresh
+            ``sma_<pid>_<16 hex digits>``.
+
+        Returns
+        -------
+        SharedMemoryArray
+            The owner handle.
+
+        Raises
+        ------
+        TypeError
+            ``manager`` is neither ``None`` nor a ``SharedMemoryManager``.
+        SharedMemoryArrayError
+            ``manager`` is not running (never started, or shut down).
+        InvalidNameError
+            ``name`` breaks the rules given in `allocate`.
+        SegmentExistsError
+            A segment called ``name`` exists already; it is left untouched.
+        LayoutError
+            ``template`` has more than 32 dimensions (NumPy 2 allows 64), or is
+            larger than this platform can address.
+        UnsupportedDtypeError
+            ``template``'s dtype cannot be shared (see `allocate`).
+        OutOfSharedMemoryError
+            ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+            Nothing is left behind.
         """
         array = np.asarray(template)
         dims, dt = _layout.normalize(array.shape, array.dtype)
@@ -197,7 +284,14 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def allocate_like_unsafe(
         cls, manager: object, template: npt.ArrayLike, *, name: str | None = None
     ) -> SharedMemoryArray[Any]:
-        """`allocate_like` without normalising its arguments."""
+        """`allocate_like` for arguments already checked: no normalisation, the same safety.
+
+        Skipped: the shape is not checked, and ``name`` is not checked against
+        the rules of `allocate`.  Kept: ``manager`` and the dtype are checked as
+        by `allocate`, and a name with a NUL character or a ``/``, or ``.`` or
+        ``..``, raises `InvalidNameError`.  Returns and other errors are those
+        of `allocate_like`.
+        """
         array = np.asarray(template)
         dt = _layout.normalize_dtype(array.dtype)
         return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, None)
@@ -209,10 +303,60 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """Copy ``data`` into a new shared array and return its owner handle.
 
         Any array works, contiguous or not (slices with steps, transposes,
-        negative strides, broadcasts): the shared array holds equal values, in
-        Fortran order if ``data`` is Fortran-contiguous, else in C order.  The
-        bytes are written straight into the new segment, in blocks, with no full
-        temporary copy.  See `allocate` for the parameters and errors.
+        negative strides, broadcast arrays): the shared array holds equal values,
+        in Fortran order if ``data`` has two or more dimensions and is
+        Fortran-contiguous but not C-contiguous, else in C order.  The bytes are
+        written straight into the new segment, a non-contiguous ``data`` in
+        blocks of about 16 MiB whatever its shape, so there is never a full
+        temporary copy.  A Ctrl-C during the copy is held until the current block
+        is written, then stops it and leaves nothing behind.  On Linux the
+        segment is written under a draft name and renamed to its name once
+        complete, so no process can attach it half written.
+
+        Parameters
+        ----------
+        manager : multiprocessing.managers.SharedMemoryManager or None
+            ``None`` for the owner handle to own the segment alone, or a started
+            ``SharedMemoryManager`` that unlinks it at shutdown (see `allocate`).
+        data : array_like
+            An array, or anything ``numpy.asarray`` takes.
+        name : str, optional
+            Name of the new segment (rules in `allocate`); by default a fresh
+            ``sma_<pid>_<16 hex digits>``.
+
+        Returns
+        -------
+        SharedMemoryArray
+            The owner handle.
+
+        Raises
+        ------
+        TypeError
+            ``manager`` is neither ``None`` nor a ``SharedMemoryManager``.
+        SharedMemoryArrayError
+            ``manager`` is not running (never started, or shut down).
+        InvalidNameError
+            ``name`` breaks the rules given in `allocate`.
+        SegmentExistsError
+            A segment called ``name`` exists already; it is left untouched.
+        LayoutError
+            ``data`` has more than 32 dimensions (NumPy 2 allows 64), or is
+            larger than this platform can address.
+        UnsupportedDtypeError
+            ``data``'s dtype cannot be shared (see `allocate`); nothing was
+            written.
+        OutOfSharedMemoryError
+            ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+            Nothing is left behind.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from shared_memory_array import SharedMemoryArray
+        >>> data = np.arange(12).reshape(3, 4)
+        >>> with SharedMemoryArray.copy(None, data[:, ::2]) as shared:
+        ...     shared.as_array().tolist()
+        [[0, 2], [4, 6], [8, 10]]
         """
         array = np.asarray(data)
         dims, dt = _layout.normalize(array.shape, array.dtype)
@@ -222,7 +366,14 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def copy_unsafe(
         cls, manager: object, data: npt.ArrayLike, *, name: str | None = None
     ) -> SharedMemoryArray[Any]:
-        """`copy` without normalising its arguments."""
+        """`copy` for arguments already checked: no normalisation, the same safety.
+
+        Skipped: the shape is not checked, and ``name`` is not checked against
+        the rules of `allocate`.  Kept: ``manager`` and the dtype are checked as
+        by `allocate`, a name with a NUL character or a ``/``, or ``.`` or ``..``,
+        raises `InvalidNameError`, and the copy is written as by `copy`.
+        Returns and other errors are those of `copy`.
+        """
         array = np.asarray(data)
         dt = _layout.normalize_dtype(array.dtype)
         return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, array)
@@ -283,15 +434,27 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     ) -> SharedMemoryArray[Any]:
         """Attach to an existing segment by name; the handle is not an owner.
 
+        Closing the handle never unlinks the segment, and attaching never
+        registers it with Python's resource tracker, so this process's exit
+        cannot destroy it.  A segment made by this library describes itself: its
+        shape, dtype and order are read from its header, and any given here are
+        compared with it.  A segment made by other means (for example
+        ``multiprocessing.shared_memory``) has no header: ``shape`` and ``dtype``
+        are then required, ``order`` defaults to C, and the array starts at the
+        segment's first byte.  Attaching such a segment, read-only or not, also
+        reserves its memory if it is sparse (on Linux), so that using it later
+        cannot crash with ``SIGBUS``.
+
         Parameters
         ----------
         name : str
-            The segment's name (`SharedMemoryArray.name` of the creator's handle).
-        shape, dtype, order : optional
-            For a segment made by this library these are read from the segment and
-            may be left out; any that are given are checked against it.  A segment
-            made by other means (e.g. ``multiprocessing.shared_memory``) needs
-            ``shape`` and ``dtype``; its data starts at its first byte.
+            The segment's name: the `name` of the creator's handle.
+        shape : int or sequence of int, optional
+            The expected shape; required for a segment without header.
+        dtype : str or numpy.dtype, optional
+            The expected dtype; required for a segment without header.
+        order : 'C' or 'F', optional
+            The expected memory order.
         readonly : bool, default False
             Map the segment read-only: arrays from `as_array` cannot be written or
             made writeable (the memory itself is mapped without write access), and
@@ -301,15 +464,36 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             than its owner may write to (anyone can create files in ``/dev/shm``,
             so such a segment may have been planted under this name).
 
+        Returns
+        -------
+        SharedMemoryArray
+            A handle that is not an owner.
+
         Raises
         ------
+        InvalidNameError
+            ``name`` breaks the rules given in `allocate`.
         SegmentNotFoundError
-            No segment has this name (or what has it is not a regular file).
+            No segment has this name (never created, or already unlinked), or
+            what has it is not a regular file (a FIFO, a symbolic link, a
+            directory): refused at once, without blocking.
         UntrustedSegmentError
-            The segment is another user's, or others may write to it.
+            The segment belongs to another user, or users other than its owner
+            may write to it, and ``allow_untrusted`` is False.  A segment this
+            process has mapped already (one it made, say) is not checked again.
         LayoutError
-            The given shape, dtype or order differ from the segment's, or the
-            segment is too small for them.  Nothing is unlinked.
+            The given shape, dtype or order differ from the header's; the header
+            is corrupt, or in a newer format than this version reads; or the
+            segment has no header and ``shape`` or ``dtype`` is missing, or it is
+            too small for them.  Nothing is unlinked.
+        UnsupportedDtypeError
+            The given ``dtype`` cannot be shared (see `allocate`).
+        OutOfSharedMemoryError
+            The segment has no header and is sparse, and ``/dev/shm`` cannot hold
+            the memory it needs.
+        PermissionError
+            This user may not open the segment at all (another user's, with mode
+            0600).  Other errors of the operating system also pass unchanged.
         """
         name = _names.validate(name)
         mapped = _cache.attach(  # the name is validated above
@@ -329,11 +513,24 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         readonly: bool = False,
         allow_untrusted: bool = False,
     ) -> SharedMemoryArray[Any]:
-        """`attach` without validating the name or comparing arguments with the header.
+        """`attach` for arguments already checked: no comparison with the header.
 
-        The view is still bounded by the segment: a shape too large raises from NumPy.
-        Safety checks stay: the name must not escape ``/dev/shm``, and untrusted
-        segments are refused as by `attach`.
+        Skipped: ``name`` is not checked against the rules of `allocate`.  For a
+        segment made by this library, the header's shape, dtype and order are
+        used and the arguments are ignored, not compared.  For a segment without
+        header, ``shape`` and ``dtype`` are used as given, not normalised (a dtype
+        holding Python objects is still refused); any ``order`` other than ``'F'``
+        means C order.
+
+        Kept: a name the system would read as another (empty, with a NUL
+        character or a ``/``, or ``.`` or ``..``) raises `InvalidNameError`; a name
+        that leads to something other than a segment raises
+        `SegmentNotFoundError`; untrusted segments raise `UntrustedSegmentError`
+        unless ``allow_untrusted=True``; a header is still read and checked
+        (`LayoutError` if corrupt or newer); a segment without header still needs
+        ``shape`` and ``dtype``, and raises `LayoutError` if too small for them;
+        and arrays from the handle stay within the segment.  Returns and other
+        errors are those of `attach`.
         """
         mapped = _cache.attach(
             name, readonly=readonly, validate=False, trusted_only=not allow_untrusted
@@ -356,15 +553,41 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     # ------------------------------------------------------------------ access
 
     def as_array(self) -> npt.NDArray[_ScalarT_co]:
-        """Return a NumPy array over the shared memory (no copy).
+        """Return a NumPy array over the shared memory, without copying.
 
-        Writes through it are seen by every process.  The array keeps the memory
-        mapped as long as it lives, even after `close`.
+        Writes through it are seen by every process that has the segment mapped.
+        Each call returns a new ``numpy.ndarray`` object over the same memory,
+        covering the region for a region handle.  The array keeps the memory
+        mapped for as long as it lives, even after `close` or `unlink`.
+
+        A handle that came from unpickling, or from `readonly`, maps the segment
+        at its first use (this method, or indexing, `lock` or a NumPy conversion,
+        which call it), and checks its pickled shape, dtype and order against the
+        segment's header: the errors below marked "first use" come then.
+
+        Returns
+        -------
+        numpy.ndarray
+            The array, read-only if the handle is.
 
         Raises
         ------
         ClosedHandleError
             The handle was closed.
+        SegmentNotFoundError
+            First use: the segment was unlinked, or its name now belongs to a
+            different segment.
+        ForeignHostError
+            First use: the segment cannot be found here, and the handle was
+            pickled on another host (shared memory never crosses hosts).
+        LayoutError
+            First use: the pickled shape, dtype or order do not match the
+            segment; its header is corrupt or in a newer format; or a pickled
+            region does not fit the array.
+        OutOfSharedMemoryError
+            First use, segment without header: its memory could not be reserved.
+        InvalidNameError
+            First use: the pickle holds an invalid name (it was tampered with).
         """
         array = self._array
         if array is None:
@@ -394,12 +617,49 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         )
 
     def __getitem__(self, key: Any) -> SharedMemoryArray[_ScalarT_co]:
-        """Return a handle to a region of the array, e.g. ``shared[1000:2000]``.
+        """Return a handle to a region of the array, such as ``shared[1000:2000]``.
 
-        Only basic indexing (integers, slices, ``...``, ``None``) makes a region:
-        the region handle views the same memory, pickles by reference like any
-        handle, and is never an owner.  For fancy indexing, index the array from
-        `as_array` instead.
+        The region handle refers to the same memory (its `as_array` is a view of
+        it), pickles as small as any handle, so a task can receive just its own
+        part, is never an owner, keeps this handle's read-only flag, has the
+        region's `shape`, `ndim`, `size` and `nbytes`, and can be indexed again.
+        Indexing with integers only gives a 0-d region (shape ``()``), not a
+        scalar.
+
+        Parameters
+        ----------
+        key : int, slice, Ellipsis, None or a tuple of them
+            Basic indexing only.
+
+        Returns
+        -------
+        SharedMemoryArray
+            The region handle.
+
+        Raises
+        ------
+        TypeError
+            ``key`` is not basic indexing: lists, booleans, strings, and NumPy
+            arrays, even 0-d ones such as ``shared[np.array(2)]``, which NumPy
+            would treat as fancy indexing and answer with a copy.  Index the
+            array from `as_array` instead.
+        IndexError
+            An index is out of range, or there are too many (raised by NumPy).
+        ClosedHandleError
+            The handle was closed.
+        LayoutError
+            First use of an unpickled handle: its region does not fit the array,
+            or has strides too large to compute with (a tampered pickle).  The
+            other first-use errors are those of `as_array`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from shared_memory_array import SharedMemoryArray
+        >>> with SharedMemoryArray.copy(None, np.arange(20).reshape(4, 5)) as shared:
+        ...     row, corner = shared[2], shared[:2, -2:]
+        ...     row.shape, row.as_array().tolist(), corner.as_array().tolist(), row.owner
+        ((5,), [10, 11, 12, 13, 14], [[3, 4], [8, 9]], False)
         """
         parts = tuple(_basic_index(part) for part in (key if isinstance(key, tuple) else (key,)))
         array = self.as_array()
@@ -475,6 +735,24 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def __array__(
         self, dtype: npt.DTypeLike | None = None, copy: bool | None = None
     ) -> npt.NDArray[Any]:
+        """NumPy conversion: ``np.asarray(handle)`` shares, ``np.array(handle)`` copies.
+
+        With NumPy 2 ``copy=`` semantics: ``np.asarray(handle)`` is a view of the
+        shared memory, as `as_array` gives; ``np.array(handle)`` is an
+        independent copy; with another ``dtype`` the result is a converted copy,
+        and ``copy=False`` then raises ``ValueError``.  Other errors are those of
+        `as_array`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from shared_memory_array import SharedMemoryArray
+        >>> with SharedMemoryArray.copy(None, np.arange(4.0)) as shared:
+        ...     view, copied = np.asarray(shared), np.array(shared)
+        ...     shared.as_array()[0] = 9.0
+        ...     view.tolist(), copied.tolist()
+        ([9.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0])
+        """
         array = self.as_array()
         if copy:
             return np.array(array, dtype=dtype, copy=True)
@@ -514,7 +792,11 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     @property
     def nbytes(self) -> int:
-        """Size of the array in bytes."""
+        """Size of the array's data in bytes (of the region, for a region handle).
+
+        A segment made by this library is larger by its header, usually 4096
+        bytes (one page).
+        """
         return self.size * self._layout.dtype.itemsize
 
     @property
@@ -532,8 +814,18 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def close(self) -> None:
         """Release this handle; if it is the owner, also unlink the segment.
 
-        Idempotent, never raises and prints nothing.  Arrays from `as_array` stay
-        valid: their memory is unmapped when the last of them is gone.
+        The owner unlinks directly, or through the manager it was made with.
+        Calling ``close`` again does nothing, and it prints nothing.
+
+        An explicit ``close`` of this process's last handle on a segment
+        (attached, unpickled and region handles all count) also drops this
+        process's cached mapping of it (see `release_cached_mappings`).  Handles
+        that are garbage collected without ``close`` leave the mapping cached, for
+        the next handle to the same segment to reuse.
+
+        Arrays already taken from `as_array` stay valid and keep the memory mapped
+        until the last of them is gone (so ``close`` never raises
+        ``BufferError``).  After ``close``, `as_array` raises `ClosedHandleError`.
         """
         if self._closed:
             return
@@ -553,15 +845,19 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             _cache.let_go(self._name, self._readonly, segment, self)
 
     def unlink(self) -> None:
-        """Remove the segment's name now; only the owner may.
+        """Remove the segment's name now, without closing the handle; only the owner may.
 
-        Mappings, including this handle's, stay valid; no new process can attach.
+        Every existing mapping, in every process, this handle's included, keeps
+        working.  No new process can attach, and unpickled handles not used yet
+        raise `SegmentNotFoundError` at first use.  Afterwards `owner` is False,
+        and `close` no longer unlinks anything.
 
         Raises
         ------
         NotOwnerError
-            This handle is not the owner (it was attached or unpickled, or this is
-            a forked child of the owner's process).
+            This handle is not the owner: it was attached, unpickled, or made by
+            indexing or `readonly`; it is a forked child's copy of the owner; or
+            it has unlinked already.
         """
         if not self.owner:
             raise NotOwnerError(
@@ -598,6 +894,21 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     # ------------------------------------------------------------------ protocols
 
     def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the handle by reference: about 130 bytes, whatever the array's size.
+
+        The pickle holds the segment's name, the shape, dtype and order, the
+        region of a region handle, the read-only flag, the segment's identity (so
+        that a segment unlinked and re-created under the same name is not taken
+        for it) and the key of the host it was pickled on (see
+        `shared_memory_array.dask.host_key`).  A structured dtype or a long name
+        makes it longer.
+
+        Unpickling maps nothing and never fails because of the segment: the
+        handle maps it at first use, and the errors come then (see `as_array`).
+        The unpickled handle is never an owner, reuses this process's mapping of
+        the segment if there is one, and is not checked for trust as `attach` is:
+        it carries its segment's identity and refuses any other.
+        """
         # Built once per handle: a pool pickles the same handle for every task, in
         # the parent's one task-feeding thread.
         reduced = self._reduced
@@ -643,6 +954,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         guards the bytes of this handle: a region handle (``shared[1000:2000].lock()``)
         or ``rows=`` locks only that part (for a strided region: the bytes between
         its first and last element), so writers of other regions are not blocked.
+        Each lock object locks on its own: two of them exclude each other (unless
+        both are shared) even in one thread.  `SegmentLock` tells how a held lock
+        ends.
 
         Parameters
         ----------
@@ -656,13 +970,28 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         rows : int or slice, optional
             Lock ``self[rows]`` instead of the whole array.
 
+        Returns
+        -------
+        SegmentLock
+            The lock, not held yet: ``with`` or `SegmentLock.acquire` takes it.
+
         Raises
         ------
+        ClosedHandleError
+            The handle was closed.  An unpickled handle is used here, so the
+            other first-use errors of `as_array` come here too, and ``rows`` is
+            indexed as by ``self[rows]``, with its errors.
+        ValueError
+            ``timeout`` is NaN, or negative other than -1.
         LockTimeoutError
-            Another holder kept it past ``timeout`` (raised by ``acquire``).
+            Taking the lock: another holder kept it past ``timeout``, or held it
+            at all with ``blocking=False``.
         SegmentNotFoundError
-            The segment is gone, or its name now leads to something else than a
-            segment, such as a FIFO (raised by ``acquire``).
+            Taking the lock: the segment is gone, or its name now leads to
+            something other than a segment, such as a FIFO (refused at once).
+        RuntimeError
+            Taking the lock while this lock object holds it already: locks are
+            not reentrant.
 
         Examples
         --------
@@ -697,6 +1026,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         return base + low, high - low
 
     def __repr__(self) -> str:
+        """Identity, never data: name, shape, dtype and `owner`.
+
+        Region, read-only and closed handles are marked, as in
+        ``<SharedMemoryArray 'sma_4242_8c1f0e2b9a7d6c5e' shape=(3,) dtype=int64
+        owner=False region readonly>``.
+        """
         state = " region" if self._region is not None else ""
         state += " readonly" if self._readonly else ""
         state += " closed" if self._closed else ""
@@ -765,7 +1100,9 @@ def _resolve(
     if validate:
         dims, dt = _layout.normalize(shape, dtype, name)
     else:
-        dims, dt = ((shape,) if isinstance(shape, int) else tuple(shape)), np.dtype(dtype)
+        # Safety stays: an object dtype would read pointers from shared memory.
+        dt = _layout.normalize_dtype(dtype, name)
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
     fortran = False if order is None else _fortran(order) if validate else order == "F"
     layout = Layout(dims, dt, fortran and len(dims) > 1, 0)
     if layout.nbytes > mapped.segment.size:

@@ -200,9 +200,19 @@ def forget(name: str) -> None:
 def release_cached_mappings() -> int:
     """Drop every mapping this process keeps for reuse; return how many were dropped.
 
+    Each process keeps up to 32 recently used segment mappings (the least
+    recently attached goes first), so that attaching again, or using another
+    unpickled handle to the same segment, costs a lookup instead of a new
+    mapping.  A read-only and a writable mapping of one segment count as two.
+    A mapping leaves the cache when its segment is unlinked by its owner here,
+    or when an explicit `SharedMemoryArray.close` closes the last handle of this
+    process using it; mappings of segments unlinked elsewhere are dropped at
+    this process's next attach.  Handles that are garbage collected rather than
+    closed leave their mapping cached.  Call this function to drop them all
+    now, for example in a long-running process after a manager has shut down.
+
     Arrays and open handles still using a mapping keep it until they are gone;
     what this releases is the memory of segments nothing here uses any more.
-    Mappings of unlinked segments are dropped anyway at the next attach.
 
     Returns
     -------

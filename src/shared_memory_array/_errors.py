@@ -1,21 +1,23 @@
 """Exceptions raised by shared-memory-array.
 
 Every exception names the segment it is about (``exc.segment``, ``None`` when no
-segment exists yet) and subclasses the builtin that code already catches::
+segment exists yet) and subclasses the builtin that code already catches:
 
-    SharedMemoryArrayError(Exception)
-    ├── SegmentNotFoundError(FileNotFoundError)
-    │   ├── ForeignHostError
-    │   └── ReleasedError
-    ├── SegmentExistsError(FileExistsError)
-    ├── NotOwnerError(PermissionError)
-    ├── UntrustedSegmentError(PermissionError)
-    ├── OutOfSharedMemoryError(OSError, MemoryError)
-    ├── LockTimeoutError(TimeoutError)
-    ├── InvalidNameError(ValueError)
-    ├── LayoutError(ValueError)
-    ├── ClosedHandleError(ValueError)
-    └── UnsupportedDtypeError(TypeError)
+```text
+SharedMemoryArrayError(Exception)
+├── SegmentNotFoundError(FileNotFoundError)
+│   ├── ForeignHostError
+│   └── ReleasedError
+├── SegmentExistsError(FileExistsError)
+├── NotOwnerError(PermissionError)
+├── UntrustedSegmentError(PermissionError)
+├── OutOfSharedMemoryError(OSError, MemoryError)
+├── LockTimeoutError(TimeoutError)
+├── InvalidNameError(ValueError)
+├── LayoutError(ValueError)
+├── ClosedHandleError(ValueError)
+└── UnsupportedDtypeError(TypeError)
+```
 
 They pickle (exceptions raised in a worker travel back to the parent by pickle):
 ``BaseException.__reduce__`` sends ``(type, args, __dict__)``, so each constructor
@@ -45,6 +47,10 @@ __all__ = [
 
 class SharedMemoryArrayError(Exception):
     """Base class of every exception this library raises.
+
+    Also raised itself when the ``manager`` given to `SharedMemoryArray.allocate`,
+    ``allocate_like`` or ``copy`` (or their ``_unsafe`` twins, `share`, `zeros`,
+    `empty`) is not running: it was never started, or was shut down.
 
     Attributes
     ----------
@@ -169,7 +175,14 @@ class LockTimeoutError(SharedMemoryArrayError, TimeoutError):
 
 
 class InvalidNameError(SharedMemoryArrayError, ValueError):
-    """A segment name is not a portable shared memory name."""
+    """A segment name is not a portable shared memory name.
+
+    A valid name is a ``str`` of 1 to 255 characters (30 on macOS) from
+    ``A-Z a-z 0-9 _ . -``, not starting with ``.`` or ``-`` (so no leading ``/``:
+    one segment never has two spellings).  The ``_unsafe`` constructors skip
+    these rules but still raise this error for a name the system would read as
+    another: one with a NUL character or a ``/``, or ``.`` or ``..``.
+    """
 
 
 class LayoutError(SharedMemoryArrayError, ValueError):

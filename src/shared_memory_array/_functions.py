@@ -18,8 +18,45 @@ def share(
 ) -> SharedMemoryArray[Any]:
     """Copy ``data`` into shared memory and return the owner handle.
 
-    Shorthand for ``SharedMemoryArray.copy(manager, data)``; use the handle as a
-    context manager to unlink the segment when done.
+    Shorthand for ``SharedMemoryArray.copy(manager, data, name=name)``: the copy is
+    written in blocks, with no full temporary copy, and on Linux appears under
+    its name only once complete.
+
+    Parameters
+    ----------
+    data : array_like
+        An array, contiguous or not, or anything ``numpy.asarray`` takes.
+    manager : multiprocessing.managers.SharedMemoryManager or None, default None
+        ``None`` for the returned handle to own the segment alone, or a started
+        ``SharedMemoryManager`` that unlinks it at shutdown (see
+        `SharedMemoryArray.allocate`).
+    name : str, optional
+        Name of the new segment (rules in `SharedMemoryArray.allocate`); by
+        default a fresh ``sma_<pid>_<16 hex digits>``.
+
+    Returns
+    -------
+    SharedMemoryArray
+        The owner handle: use it as a context manager to unlink the segment when
+        done.
+
+    Raises
+    ------
+    TypeError
+        ``manager`` is neither ``None`` nor a ``SharedMemoryManager``.
+    SharedMemoryArrayError
+        ``manager`` is not running (never started, or shut down).
+    InvalidNameError
+        ``name`` is not a valid segment name.
+    SegmentExistsError
+        A segment called ``name`` exists already; it is left untouched.
+    LayoutError
+        ``data`` has more than 32 dimensions.
+    UnsupportedDtypeError
+        ``data``'s dtype cannot be shared (see `SharedMemoryArray.allocate`).
+    OutOfSharedMemoryError
+        ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+        Nothing is left behind.
 
     Examples
     --------
@@ -42,7 +79,55 @@ def zeros(
 ) -> SharedMemoryArray[Any]:
     """Return the owner handle of a new zero-filled shared array, like ``numpy.zeros``.
 
-    Shorthand for ``SharedMemoryArray.allocate(manager, shape, dtype, order=order)``.
+    Shorthand for
+    ``SharedMemoryArray.allocate(manager, shape, dtype, order=order, name=name)``.
+
+    Parameters
+    ----------
+    shape : int or sequence of int
+        Shape of the array (rules in `SharedMemoryArray.allocate`).
+    dtype : str or numpy.dtype, default numpy.float64
+        Anything ``numpy.dtype()`` accepts, without Python objects.
+    order : 'C' or 'F', default 'C'
+        Memory layout: row-major (C) or column-major (Fortran).
+    manager : multiprocessing.managers.SharedMemoryManager or None, default None
+        ``None`` for the returned handle to own the segment alone, or a started
+        ``SharedMemoryManager`` that unlinks it at shutdown (see
+        `SharedMemoryArray.allocate`).
+    name : str, optional
+        Name of the new segment (rules in `SharedMemoryArray.allocate`); by
+        default a fresh ``sma_<pid>_<16 hex digits>``.
+
+    Returns
+    -------
+    SharedMemoryArray
+        The owner handle: use it as a context manager to unlink the segment when
+        done.
+
+    Raises
+    ------
+    TypeError
+        ``manager`` is neither ``None`` nor a ``SharedMemoryManager``.
+    SharedMemoryArrayError
+        ``manager`` is not running (never started, or shut down).
+    InvalidNameError
+        ``name`` is not a valid segment name.
+    SegmentExistsError
+        A segment called ``name`` exists already; it is left untouched.
+    LayoutError
+        Invalid ``shape`` or ``order``.
+    UnsupportedDtypeError
+        ``dtype`` cannot be shared (see `SharedMemoryArray.allocate`).
+    OutOfSharedMemoryError
+        ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+        Nothing is left behind.
+
+    Examples
+    --------
+    >>> import shared_memory_array as sma
+    >>> with sma.zeros((2, 3), "int16") as out:
+    ...     out.shape, str(out.dtype), out.owner, int(out.as_array().sum())
+    ((2, 3), 'int16', True, 0)
     """
     return SharedMemoryArray.allocate(manager, shape, dtype, order=order, name=name)
 
@@ -57,8 +142,49 @@ def empty(
 ) -> SharedMemoryArray[Any]:
     """Return the owner handle of a new shared array, like ``numpy.empty``.
 
-    The same as `zeros`: fresh shared memory comes zero-filled from the kernel,
-    and reserving it up front (so a full ``/dev/shm`` cannot crash a later write)
-    is what costs, so there is nothing to save by leaving it uninitialised.
+    The same as `zeros`, and so zero-filled: fresh shared memory comes
+    zero-filled from the kernel, and reserving it up front (so a full ``/dev/shm``
+    cannot crash a later write) is what costs, so there is nothing to save by
+    leaving it uninitialised.
+
+    Parameters
+    ----------
+    shape : int or sequence of int
+        Shape of the array (rules in `SharedMemoryArray.allocate`).
+    dtype : str or numpy.dtype, default numpy.float64
+        Anything ``numpy.dtype()`` accepts, without Python objects.
+    order : 'C' or 'F', default 'C'
+        Memory layout: row-major (C) or column-major (Fortran).
+    manager : multiprocessing.managers.SharedMemoryManager or None, default None
+        ``None`` for the returned handle to own the segment alone, or a started
+        ``SharedMemoryManager`` that unlinks it at shutdown (see
+        `SharedMemoryArray.allocate`).
+    name : str, optional
+        Name of the new segment (rules in `SharedMemoryArray.allocate`); by
+        default a fresh ``sma_<pid>_<16 hex digits>``.
+
+    Returns
+    -------
+    SharedMemoryArray
+        The owner handle: use it as a context manager to unlink the segment when
+        done.
+
+    Raises
+    ------
+    TypeError
+        ``manager`` is neither ``None`` nor a ``SharedMemoryManager``.
+    SharedMemoryArrayError
+        ``manager`` is not running (never started, or shut down).
+    InvalidNameError
+        ``name`` is not a valid segment name.
+    SegmentExistsError
+        A segment called ``name`` exists already; it is left untouched.
+    LayoutError
+        Invalid ``shape`` or ``order``.
+    UnsupportedDtypeError
+        ``dtype`` cannot be shared (see `SharedMemoryArray.allocate`).
+    OutOfSharedMemoryError
+        ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+        Nothing is left behind.
     """
     return SharedMemoryArray.allocate(manager, shape, dtype, order=order, name=name)

@@ -204,6 +204,11 @@ def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
 def list_segments() -> list[SegmentInfo]:
     """Return this user's segments made by this library, drafts included, sorted by name.
 
+    Returns
+    -------
+    list[SegmentInfo]
+        One description per segment; segments with a corrupt header are left out.
+
     Raises
     ------
     OSError
@@ -220,8 +225,20 @@ def segment_info(name: str) -> SegmentInfo:
 
     ``name`` may also be a draft's, as `list_segments` shows them.
 
+    Parameters
+    ----------
+    name : str
+        The segment's name.
+
+    Returns
+    -------
+    SegmentInfo
+        What is known about the segment.
+
     Raises
     ------
+    OSError
+        Not on Linux.
     SegmentNotFoundError
         No segment of that name.
     LayoutError
@@ -262,8 +279,20 @@ def clean_segments(dry_run: bool = False) -> list[SegmentInfo]:
 
     Parameters
     ----------
-    dry_run : bool
+    dry_run : bool, default False
         Only report what would be unlinked.
+
+    Returns
+    -------
+    list[SegmentInfo]
+        The segments unlinked, or with ``dry_run`` the abandoned segments that
+        would be.  A segment found in use at the moment of unlinking (a Dask
+        host copy held from another PID namespace, say) is left, and not listed.
+
+    Raises
+    ------
+    OSError
+        Not on Linux.
     """
     abandoned = [info for info in list_segments() if info.abandoned]
     if dry_run:

@@ -87,17 +87,33 @@ def _close(fd: int) -> None:
 
 
 class SegmentLock:
-    """A lock on bytes ``[start, start + length)`` of a segment; see `SharedMemoryArray.lock`.
+    """A lock on bytes ``[start, start + length)`` of a segment, made by `SharedMemoryArray.lock`.
 
     Use it as a context manager, or call `acquire` and `release`.  Not reentrant:
-    acquiring it again while held raises `RuntimeError`.
+    acquiring it again while held raises ``RuntimeError``.  It excludes other
+    holders in any process that can open the segment, and in other threads.  Each
+    lock object takes the lock through its own open file, so two lock objects on
+    overlapping bytes, unless both are shared, exclude each other even in one
+    thread.  On Linux only the given bytes are locked; where the system lacks
+    open-file-description locks (macOS), the whole segment is.
+
+    A lock object keeps no file descriptor while it is not held: `acquire` opens
+    one and `release` closes it.  A held lock is released when its object is
+    garbage collected, and by the kernel, at once, when the process holding it
+    dies, even by ``SIGKILL``.  A child process forked while the lock is held (or
+    awaited by another thread) does not hold it: `locked` is False in the child,
+    and the parent's `release` releases it.
 
     Parameters
     ----------
     name : str
-        The segment.
-    start, length : int
-        The bytes to lock; a length of 0 locks nothing (and always succeeds).
+        The segment's name.
+    start : int
+        The first byte to lock, counted from the segment's first byte (its header
+        included); `SharedMemoryArray.lock` computes it for an array or region.
+    length : int
+        How many bytes to lock.  0 locks nothing, and taking such a lock always
+        succeeds.
     shared : bool, default False
         A shared (read) lock instead of an exclusive one.
     timeout : float, optional
@@ -149,8 +165,15 @@ class SegmentLock:
     def acquire(self) -> SegmentLock:
         """Take the lock, waiting as the lock was configured; return it.
 
+        Returns
+        -------
+        SegmentLock
+            This lock object, now held.
+
         Raises
         ------
+        RuntimeError
+            This lock object holds the lock already (it is not reentrant).
         LockTimeoutError
             Another holder kept it past ``timeout``, or at once with ``blocking=False``.
         SegmentNotFoundError
@@ -212,7 +235,7 @@ class SegmentLock:
             delay = min(delay * 2, _LAST_POLL)
 
     def release(self) -> None:
-        """Release the lock and close its descriptor; idempotent."""
+        """Release the lock and close its descriptor; does nothing if it is not held."""
         with _guard:
             fd, self._fd = self._fd, -1
             _held.discard(self)

@@ -69,6 +69,32 @@ class SharedMemoryManager(managers.SharedMemoryManager):
     its cleanup when some of its segments were already unlinked by someone else,
     where the stdlib server stops at the first missing one.
 
+    Otherwise it is the standard class: the same methods (``start()``,
+    ``shutdown()``, ``connect()``, ``SharedMemory(size)``,
+    ``ShareableList(sequence)``) and context manager.  Pass it, started, as the
+    ``manager`` of `SharedMemoryArray.allocate`, ``allocate_like`` or ``copy``.
+    Like any manager it starts a process: under the ``spawn`` and
+    ``forkserver`` start methods, create it under ``if __name__ == "__main__":``.
+    Its constructor takes the standard class's arguments, all optional, listed
+    below.
+
+    Other Parameters
+    ----------------
+    address : tuple or str, optional
+        Where the server listens.  By default a free address is chosen.
+    authkey : bytes, optional
+        The key that clients must present.  By default this process's
+        ``multiprocessing.current_process().authkey``.
+    serializer : str, optional
+        How messages to the server are encoded: ``'pickle'`` (the default) or
+        ``'xmlrpclib'``.
+    ctx : multiprocessing context, optional
+        The context whose start method starts the server.  By default the
+        default context.
+    shutdown_timeout : float, optional
+        Python 3.11 and later, keyword-only: seconds that ``shutdown()`` waits
+        for the server to exit before terminating it.  By default 1.0.
+
     Examples
     --------
     >>> import numpy as np

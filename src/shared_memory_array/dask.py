@@ -4,14 +4,16 @@
 of the array.  `publish` instead places one read-only copy in shared memory on
 each host that runs workers and returns a `PublishedArray`: a small value tasks
 take as a plain argument, and that gives each task a zero-copy view of its own
-host's copy::
+host's copy:
 
-    from shared_memory_array.dask import publish
+```python
+from shared_memory_array.dask import publish
 
-    published = publish(client, weights)          # one copy per host
-    futures = client.map(score, batches, weights=published)
-    ...                                           # in score(): weights.as_array()
-    published.release()                           # or: with publish(...) as published:
+published = publish(client, weights)          # one copy per host
+futures = client.map(score, batches, weights=published)
+...                                           # in score(): weights.as_array()
+published.release()                           # or: with publish(...) as published:
+```
 
 Needs the ``dask`` extra (``pip install 'shared-memory-array[dask]'``).  See
 docs/cluster.md for how copies are kept and cleaned up.
@@ -100,9 +102,12 @@ class PublishedArray:
 
     Made by `publish`.  It pickles to the segment name of each host's copy, so
     passing it to tasks costs the same whatever the array's size; unpickling it
-    touches no shared memory.  In a task, `as_array` (or calling it) returns a
-    zero-copy, read-only view of the copy on the task's host.  Dropping it, or
-    letting Dask copy or forget it, never frees anything: `release` does.
+    touches no shared memory.  In a task, `as_array` returns a zero-copy,
+    read-only view of the copy on the task's host, and so do calling it,
+    ``published()``, and ``np.asarray(published)`` (it implements NumPy's
+    ``__array__``); ``np.array(published)`` returns a writable copy.  Dropping
+    it, or letting Dask copy or forget it, never frees anything: `release` does,
+    and so does leaving a ``with publish(...) as published:`` block.
     """
 
     def __init__(
@@ -242,6 +247,11 @@ class PublishedArray:
     __call__ = as_array
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> Any:
+        """NumPy conversion: ``np.asarray(published)`` is the view `as_array` returns.
+
+        ``np.array(published)`` is a writable copy, as is a conversion to another
+        ``dtype``.  Errors are those of `as_array`.
+        """
         self.as_array()  # the errors as_array() documents
         return self.handle().__array__(dtype, copy)
 

@@ -5,16 +5,18 @@ object store, and hands NumPy arrays to tasks as zero-copy, read-only views of
 that copy.  `register` tells Ray to treat a handle as its array: ``ray.put(handle)``,
 or a handle passed as a task argument (alone or inside a list, dict, ...), stores
 the array's data in the object store, and what a task receives is a read-only
-``numpy.ndarray``, on any node::
+``numpy.ndarray``, on any node:
 
-    import ray
-    import shared_memory_array.ray
+```python
+import ray
+import shared_memory_array.ray
 
-    ray.init(runtime_env={"worker_process_setup_hook": "shared_memory_array.ray.register"})
-    shared_memory_array.ray.register()
-    ref = ray.put(handle)                     # copies the data into the store
-    handle.close()                            # the store's copy does not need it
-    ray.get(total.remote(ref))                # total(array) gets a read-only ndarray
+ray.init(runtime_env={"worker_process_setup_hook": "shared_memory_array.ray.register"})
+shared_memory_array.ray.register()
+ref = ray.put(handle)                     # copies the data into the store
+handle.close()                            # the store's copy does not need it
+ray.get(total.remote(ref))                # total(array) gets a read-only ndarray
+```
 
 Without `register`, a handle pickles as usual, to its segment's name: tasks on the
 machine that made it get a writable handle to the same memory, and tasks on other

@@ -16,7 +16,7 @@ import pytest
 SIZE = 16 * 1024 * 1024
 
 
-def run_in_small_shm(code: str) -> subprocess.CompletedProcess[str]:
+def run_in_small_shm(code: str, options: str = "size=16m") -> subprocess.CompletedProcess[str]:
     script = textwrap.dedent(code)
     command = [
         "unshare",
@@ -25,7 +25,7 @@ def run_in_small_shm(code: str) -> subprocess.CompletedProcess[str]:
         "private",
         "sh",
         "-c",
-        'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "$0" -c "$1"',
+        f'mount -t tmpfs -o {options} tmpfs /dev/shm && exec "$0" -c "$1"',
         sys.executable,
         script,
     ]
@@ -180,7 +180,8 @@ def test_read_only_attach_of_a_sparse_foreign_segment_in_a_full_dev_shm_is_refus
 
 
 def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
-    script = """
+    result = run_in_small_shm(
+        """
         import numpy as np
         from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
         kept = []
@@ -191,18 +192,8 @@ def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
             print(len(kept) > 0, error.segment is not None)
         for handle in kept:
             handle.close()
-        """
-    command = [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount -t tmpfs -o size=16m,nr_inodes=20 tmpfs /dev/shm && exec "$0" -c "$1"',
-        sys.executable,
-        textwrap.dedent(script),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        """,
+        options="size=16m,nr_inodes=20",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]

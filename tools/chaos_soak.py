@@ -128,7 +128,7 @@ def make_array(manager: Any, rng: np.random.Generator) -> tuple[SharedMemoryArra
         hi = int(rng.integers(lo, shape[0] + 1))
         return handle, pub._replace(handle=handle[lo:hi], region=(lo, hi))
     if variant == 2:
-        return handle, pub._replace(handle=handle.readonly(), readonly=True)
+        return handle, pub._replace(handle=handle.as_readonly(), readonly=True)
     return handle, pub
 
 

@@ -560,7 +560,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         covering the region for a region handle.  The array keeps the memory
         mapped for as long as it lives, even after `close` or `unlink`.
 
-        A handle that came from unpickling, or from `readonly`, maps the segment
+        A handle that came from unpickling, or from `as_readonly`, maps the segment
         at its first use (this method, or indexing, `lock` or a NumPy conversion,
         which call it), and checks its pickled shape, dtype and order against the
         segment's header: the errors below marked "first use" come then.
@@ -856,7 +856,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         ------
         NotOwnerError
             This handle is not the owner: it was attached, unpickled, or made by
-            indexing or `readonly`; it is a forked child's copy of the owner; or
+            indexing or `as_readonly`; it is a forked child's copy of the owner; or
             it has unlinked already.
         """
         if not self.owner:
@@ -928,7 +928,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             reduced = self._reduced = (_rebuild, args)
         return reduced
 
-    def readonly(self) -> SharedMemoryArray[_ScalarT_co]:
+    @property
+    def readonly(self) -> bool:
+        """Whether this handle is read-only (`as_readonly`, or ``attach(readonly=True)``)."""
+        return self._readonly
+
+    def as_readonly(self) -> SharedMemoryArray[_ScalarT_co]:
         """Return a read-only handle to the same array (or region); never an owner.
 
         Give it to workers that must not write: it pickles as read-only, and its

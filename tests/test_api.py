@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -247,3 +248,28 @@ def test_one_dimensional_arrays_have_one_layout_whatever_the_order():
 def test_attach_accepts_the_subarray_dtype_allocate_accepted():
     with SharedMemoryArray.allocate(None, 3, ("f8", (2,))) as shared:
         assert SharedMemoryArray.attach(shared.name, 3, ("f8", (2,))).shape == (3, 2)
+
+
+class _PickledBefore:
+    """Pickles as a handle of the previous release did: ``_rebuild`` and its arguments."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return shared_memory_array._rebuild, self.args
+
+
+def test_handles_pickled_by_the_previous_release_still_load():
+    with SharedMemoryArray.copy(None, np.arange(4.0)) as shared:
+        st = os.stat(f"/dev/shm/{shared.name}")
+        identity = (st.st_dev, st.st_ino, st.st_size)
+        for args in (  # with identity and host key; and before they were sent
+            (shared.name, (4,), "<f8", False, None, identity, False, "somewhere:0"),
+            (shared.name, (4,), "<f8", False),
+        ):
+            payload = pickle.dumps(_PickledBefore(*args))
+            assert b"_rebuild" in payload  # found by name, as that release's were
+            handle = pickle.loads(payload)
+            assert handle.as_array().tolist() == [0.0, 1.0, 2.0, 3.0]
+            assert pickle.loads(pickle.dumps(handle)).as_array().sum() == 6.0

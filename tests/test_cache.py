@@ -153,7 +153,7 @@ def test_a_failed_attach_keeps_no_mapping_alive_in_its_traceback():
     name = owner.name
     SharedMemoryArray.allocate(None, 1).close()  # /dev/shm changed: attach checks its entries
     foreign = pickle.loads(pickle.dumps(owner))
-    foreign._name, foreign._host = helpers.raw_name(), "elsewhere:0"
+    foreign._spec = foreign._spec._replace(name=helpers.raw_name(), host="elsewhere:0")
     kept = []
     for failing in (lambda: SharedMemoryArray.attach(helpers.raw_name()), foreign.as_array):
         try:

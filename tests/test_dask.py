@@ -396,7 +396,7 @@ def test_a_plain_handle_pickled_here_carries_this_host():
     with SharedMemoryArray.copy(None, np.ones(3)) as shared:
         again = pickle.loads(pickle.dumps(shared))
         assert float(again.as_array().sum()) == 3.0
-        assert again._host == smd.host_key()
+        assert again._spec.host == smd.host_key()
 
 
 def test_publish_refuses_object_arrays_before_sending_anything(client):

@@ -8,7 +8,7 @@ import os
 import weakref
 from collections.abc import Iterator
 from multiprocessing import util
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,21 @@ def _release(name: str, creator_pid: int, identity: Identity | None) -> None:
             _cache.forget(name)
 
 
+class _Spec(NamedTuple):
+    """What a handle is and pickles; regions and read-only handles derive by replacement.
+
+    Only per-process state (the mapping, the finalizer, the owner's pid) lives on
+    the handle itself.
+    """
+
+    name: str
+    layout: Layout
+    region: Region | None = None  # a part of the array, from basic indexing
+    identity: Identity | None = None  # which segment the name meant when mapped
+    readonly: bool = False
+    host: str | None = None  # host key of the process that pickled it (None: this one)
+
+
 class SharedMemoryArray(Generic[_ScalarT_co]):
     """A handle to a NumPy array that lives in a named shared memory segment.
 
@@ -101,15 +116,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _owner_pid = 0
     _finalizer: util.Finalize | None = None
     _manager: _keepers.ManagerLink | None = None
-    _region: Region | None = None  # a part of the array, from basic indexing
-    _identity: Identity | None = None  # which segment the name meant when mapped
     _array: npt.NDArray[Any] | None = None  # built by the first as_array()
-    _readonly = False
-    _host: str | None = None  # host key of the process that pickled it (None: this one)
     _reduced: tuple[Any, ...] | None = None  # what __reduce__ returns, once built
 
-    _name: str
-    _layout: Layout
+    _spec: _Spec  # what the handle is and pickles; everything above is this process's
 
     def __init__(self) -> None:
         raise TypeError(
@@ -118,10 +128,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         )
 
     @classmethod
-    def _make(cls: type[_Handle], name: str, layout: Layout, segment: Bytes | None) -> _Handle:
+    def _make(cls: type[_Handle], spec: _Spec, segment: Bytes | None) -> _Handle:
         self = cls.__new__(cls)
-        self._name = name
-        self._layout = layout
+        self._spec = spec
         self._mapped = segment
         return self
 
@@ -397,9 +406,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         with _interrupts.deferred():
             mapped = _write.create(name, shape, dtype, fortran, source, keeper=keeper)
             assert mapped.layout is not None  # a segment made here has a header
-            self = cls._make(name, mapped.layout, None)
+            self = cls._make(_Spec(name, mapped.layout, identity=mapped.identity), None)
             self._use(mapped)
-            self._identity = mapped.identity
             self._array = mapped.array
             try:
                 if link is None:
@@ -407,7 +415,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                     # exitpriority -1: at exit, after multiprocessing has joined the
                     # non-daemon children that may still use the segment (issue 10).
                     self._finalizer = util.Finalize(
-                        self, _release, args=(name, os.getpid(), self._identity), exitpriority=-1
+                        self, _release, args=(name, os.getpid(), mapped.identity), exitpriority=-1
                     )
                 else:
                     _keepers.manager_track(link, name)
@@ -542,10 +550,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def _from_mapped(
         cls, name: str, layout: Layout, mapped: _cache.Mapped, readonly: bool
     ) -> SharedMemoryArray[Any]:
-        self = cls._make(name, layout, None)
-        self._readonly = readonly
+        self = cls._make(_Spec(name, layout, identity=mapped.identity, readonly=readonly), None)
         self._use(mapped)
-        self._identity = mapped.identity
         if layout == mapped.layout:
             self._array = mapped.array
         return self
@@ -598,11 +604,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         whole = self._attach_lazily() if self._mapped is None else None
         segment = self._mapped
         if segment is None:  # closed by another thread meanwhile
-            raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
-        region = self._region
+            raise self._closed_error()
+        region = self._spec.region
         if region is None:
-            return whole if whole is not None else self._layout.view(segment)
-        dtype, offset, nbytes = self._layout.dtype, self._layout.offset, self._layout.nbytes
+            return whole if whole is not None else self._spec.layout.view(segment)
+        layout = self._spec.layout
+        dtype, offset, nbytes = layout.dtype, layout.offset, layout.nbytes
         data = segment[offset : offset + nbytes]
         try:  # checked here first: NumPy's own check overflows on huge strides
             if region.fits(nbytes, dtype.itemsize):
@@ -612,8 +619,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         except (ValueError, TypeError):
             pass
         raise LayoutError(
-            f"region {region} does not fit in segment {self._name!r} ({nbytes} bytes of data)",
-            segment=self._name,
+            f"region {region} does not fit in segment {self._spec.name!r} ({nbytes} bytes of data)",
+            segment=self._spec.name,
         )
 
     def __getitem__(self, key: Any) -> SharedMemoryArray[_ScalarT_co]:
@@ -667,19 +674,15 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         view = array[parts if Ellipsis in parts else (*parts, Ellipsis)]
         segment = self._mapped
         if segment is None:  # closed by another thread meanwhile
-            raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
-        start = segment.__array_interface__["data"][0] + self._layout.offset
+            raise self._closed_error()
+        start = segment.__array_interface__["data"][0] + self._spec.layout.offset
         # NumPy leaves an empty view's pointer anywhere (even before the data): no bytes.
         offset = view.__array_interface__["data"][0] - start if view.size else 0
         region = Region(offset, view.shape, view.strides)
-        handle = type(self)._make(self._name, self._layout, self._mapped)
+        handle = type(self)._make(self._spec._replace(region=region), self._mapped)
         if self._users is not None:
             handle._users = self._users
             self._users.add(handle)
-        handle._region = region
-        handle._identity = self._identity
-        handle._readonly = self._readonly
-        handle._host = self._host
         return handle
 
     def _attach_lazily(self) -> npt.NDArray[Any] | None:
@@ -687,15 +690,15 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         # Unpickling never maps anything (a failure there would surface inside the
         # executor's plumbing); the first use does, and checks what the pickle said.
         if self._closed:
-            raise ClosedHandleError(f"shared array {self._name!r} is closed", segment=self._name)
-        name = self._name  # validated by the cache before anything is opened
+            raise self._closed_error()
+        name = self._spec.name  # validated by the cache before anything is opened
         try:
-            mapped = _cache.attach(name, self._identity, readonly=self._readonly)
+            mapped = _cache.attach(name, self._spec.identity, readonly=self._spec.readonly)
         except SegmentNotFoundError as exc:
             raise self._foreign_or(exc) from None
-        if self._identity is None:  # pickled by a release that sent none
-            self._identity, self._reduced = mapped.identity, None
-        found, wanted = mapped.layout, self._layout
+        if self._spec.identity is None:  # pickled by a release that sent none
+            self._spec, self._reduced = self._spec._replace(identity=mapped.identity), None
+        found, wanted = mapped.layout, self._spec.layout
         if (
             found is not None
             and found.shape == wanted.shape
@@ -703,12 +706,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             and found.fortran == wanted.fortran
         ):
             # the common case: the pickle matches the header
-            self._layout = found
+            self._spec = self._spec._replace(layout=found)
             self._use(mapped)
             return mapped.array
-        shape, dtype, fortran, _ = self._layout
-        self._layout = _resolve(name, mapped, shape, dtype, "F" if fortran else "C", validate=True)
-        self._reduced = None
+        shape, dtype, fortran, _ = self._spec.layout
+        layout = _resolve(name, mapped, shape, dtype, "F" if fortran else "C", validate=True)
+        self._spec, self._reduced = self._spec._replace(layout=layout), None
         self._use(mapped)
         return None
 
@@ -718,18 +721,23 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         self._users = mapped.users
         mapped.users.add(self)
 
+    def _closed_error(self) -> ClosedHandleError:
+        return ClosedHandleError(
+            f"shared array {self._spec.name!r} is closed", segment=self._spec.name
+        )
+
     def _foreign_or(self, exc: SegmentNotFoundError) -> SegmentNotFoundError:
         """`ForeignHostError` if this handle was pickled on another host, else ``exc``."""
         here = host_key()
-        if self._host is None or self._host == here:
+        if self._spec.host is None or self._spec.host == here:
             return exc
         return ForeignHostError(
-            f"shared array {self._name!r} lives on another host ({self._host}), not on this "
-            f"one ({here}): shared memory never crosses hosts; use "
+            f"shared array {self._spec.name!r} lives on another host ({self._spec.host}), not on "
+            f"this one ({here}): shared memory never crosses hosts; use "
             "shared_memory_array.dask.publish() to place a copy on every host",
-            segment=self._name,
+            segment=self._spec.name,
             host=here,
-            hosts=(self._host,),
+            hosts=(self._spec.host,),
         )
 
     def __array__(
@@ -760,7 +768,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             return array
         if copy is False:
             raise ValueError(
-                f"shared array {self._name!r} has dtype {array.dtype}; converting it to "
+                f"shared array {self._spec.name!r} has dtype {array.dtype}; converting it to "
                 f"{np.dtype(dtype)} needs a copy"
             )
         return array.astype(dtype)
@@ -768,17 +776,17 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     @property
     def name(self) -> str:
         """Name of the shared memory segment; `attach` takes it."""
-        return self._name
+        return self._spec.name
 
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of the array (of the region, for a region handle)."""
-        return self._layout.shape if self._region is None else self._region.shape
+        return self._spec.layout.shape if self._spec.region is None else self._spec.region.shape
 
     @property
     def dtype(self) -> np.dtype[_ScalarT_co]:
         """Data type of the array."""
-        return self._layout.dtype
+        return self._spec.layout.dtype
 
     @property
     def ndim(self) -> int:
@@ -797,7 +805,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         A segment made by this library is larger by its header, usually 4096
         bytes (one page).
         """
-        return self.size * self._layout.dtype.itemsize
+        return self.size * self._spec.layout.dtype.itemsize
 
     @property
     def owner(self) -> bool:
@@ -842,7 +850,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self.owner:
             self._unlink()
         elif users is not None and segment is not None:
-            _cache.let_go(self._name, self._readonly, segment, self)
+            _cache.let_go(self._spec.name, self._spec.readonly, segment, self)
 
     def unlink(self) -> None:
         """Remove the segment's name now, without closing the handle; only the owner may.
@@ -861,9 +869,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         if not self.owner:
             raise NotOwnerError(
-                f"shared array {self._name!r} can only be unlinked by its owner, the "
+                f"shared array {self._spec.name!r} can only be unlinked by its owner, the "
                 "handle that created it, in the process that created it",
-                segment=self._name,
+                segment=self._spec.name,
             )
         self._unlink()
 
@@ -871,9 +879,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         with _interrupts.deferred():  # a Ctrl-C half way would leak the segment
             self._owner_pid = 0
             if self._manager is not None:
-                if _still_ours(self._name, self._identity):
-                    _keepers.manager_release(self._manager, self._name)
-                _cache.forget(self._name)
+                if _still_ours(self._spec.name, self._spec.identity):
+                    _keepers.manager_release(self._manager, self._spec.name)
+                _cache.forget(self._spec.name)
             elif self._finalizer is not None:
                 self._finalizer()  # _release()
 
@@ -913,17 +921,16 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         # the parent's one task-feeding thread.
         reduced = self._reduced
         if reduced is None:
-            shape, dtype, fortran, _ = self._layout
-            region = None if self._region is None else tuple(self._region)
+            name, (shape, dtype, fortran, _), region, identity, readonly, host = self._spec
             args = (
-                self._name,
+                name,
                 shape,
                 _layout.dtype_token(dtype),
                 fortran,
-                region,
-                None if self._identity is None else tuple(self._identity),  # small: no class
-                self._readonly,
-                self._host or host_key(),
+                None if region is None else tuple(region),
+                None if identity is None else tuple(identity),  # plain tuples: no class to name
+                readonly,
+                host or host_key(),
             )
             reduced = self._reduced = (_rebuild, args)
         return reduced
@@ -931,7 +938,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     @property
     def readonly(self) -> bool:
         """Whether this handle is read-only (`as_readonly`, or ``attach(readonly=True)``)."""
-        return self._readonly
+        return self._spec.readonly
 
     def as_readonly(self) -> SharedMemoryArray[_ScalarT_co]:
         """Return a read-only handle to the same array (or region); never an owner.
@@ -939,9 +946,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         Give it to workers that must not write: it pickles as read-only, and its
         arrays cannot be written or made writeable in any process.
         """
-        shape, dtype, fortran, _ = self._layout
-        region, identity, host = self._region, self._identity, self._host
-        return _rebuild(self._name, shape, dtype, fortran, region, identity, True, host)
+        return type(self)._make(self._spec._replace(readonly=True), None)
 
     def lock(
         self,
@@ -1014,20 +1019,21 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         target = self if rows is None else self[rows]
         start, length = target._byte_range()
         return SegmentLock(
-            self._name, start, length, shared=shared, timeout=timeout, blocking=blocking
+            self._spec.name, start, length, shared=shared, timeout=timeout, blocking=blocking
         )
 
     def _byte_range(self) -> tuple[int, int]:
         """The bytes of the segment this handle's array spans: ``(start, length)``."""
         self.as_array()  # attaches if needed: the data offset comes from the header
-        base, region = self._layout.offset, self._region
+        base, region = self._spec.layout.offset, self._spec.region
         if region is None:
-            return base, self._layout.nbytes
+            return base, self._spec.layout.nbytes
         if 0 in region.shape:
             return base + region.offset, 0
         spans = [(n - 1) * stride for n, stride in zip(region.shape, region.strides)]
         low = region.offset + sum(min(0, span) for span in spans)
-        high = region.offset + sum(max(0, span) for span in spans) + self._layout.dtype.itemsize
+        itemsize = self._spec.layout.dtype.itemsize
+        high = region.offset + sum(max(0, span) for span in spans) + itemsize
         return base + low, high - low
 
     def __repr__(self) -> str:
@@ -1037,11 +1043,11 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         ``<SharedMemoryArray 'sma_4242_8c1f0e2b9a7d6c5e' shape=(3,) dtype=int64
         owner=False region readonly>``.
         """
-        state = " region" if self._region is not None else ""
-        state += " readonly" if self._readonly else ""
+        state = " region" if self._spec.region is not None else ""
+        state += " readonly" if self._spec.readonly else ""
         state += " closed" if self._closed else ""
         return (
-            f"<{type(self).__name__} {self._name!r} shape={self.shape} "
+            f"<{type(self).__name__} {self._spec.name!r} shape={self.shape} "
             f"dtype={self.dtype} owner={self.owner}{state}>"
         )
 
@@ -1136,14 +1142,10 @@ def _rebuild(
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
     layout = Layout(shape, _layout.dtype_of_token(dtype), fortran, 0)
-    handle: SharedMemoryArray[Any] = SharedMemoryArray._make(name, layout, None)
-    if region is not None:
-        handle._region = Region(*region)
     if identity is not None:  # a tampered one matches no segment: an error at first use
-        handle._identity = Identity(*identity) if len(identity) == 3 else Identity(-1, -1, -1)
-    handle._readonly = readonly
-    handle._host = host
-    return handle
+        identity = Identity(*identity) if len(identity) == 3 else Identity(-1, -1, -1)
+    part = None if region is None else Region(*region)
+    return SharedMemoryArray._make(_Spec(name, layout, part, identity, readonly, host), None)
 
 
 _rebuild.__module__ = "shared_memory_array"

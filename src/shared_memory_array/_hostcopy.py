@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _cache, _layout, _names, _segment, _write
+from . import _cache, _layout, _segment, _write
+from ._errors import SegmentExistsError
 from ._segment import Identity
 
 _lock = threading.Lock()
@@ -97,21 +98,15 @@ def create(data: np.ndarray[Any, Any], fortran: bool, name: str) -> tuple[str, I
 def create_once(data: np.ndarray[Any, Any], fortran: bool, name: str) -> Identity | None:
     """Make copy ``name`` of ``data`` unless a process of this host made it first; join it.
 
-    Several workers of a host may try at once: each writes a copy under a name of
-    its own and links it to ``name``, which only the first link gets, so ``name``
-    never shows a half-written copy.  Returns the identity of the copy ``name``
-    leads to, or None if it is gone again (released meanwhile).
+    Several workers of a host may try at once: a segment is written under a draft
+    name and renamed to ``name`` only if no other has it (see `_segment.create`),
+    so ``name`` never shows a half-written copy.  Returns the identity of the copy
+    ``name`` leads to, or None if it is gone again (released meanwhile).
     """
-    draft, identity = create(data, fortran, _names.generate())
-    try:
-        # Linux: POSIX shared memory objects are the files of /dev/shm.
-        os.link(os.path.join(_segment.SHM_DIR, draft), os.path.join(_segment.SHM_DIR, name))
-    except FileExistsError:
-        pass  # another worker of this host was first: use its copy
-    finally:
-        current = _segment.identity(name)
-        joined = current is not None and join(name, current)
-        release(draft, identity)  # the draft's name only: the copy lives on as ``name``
+    with contextlib.suppress(SegmentExistsError):  # another worker of this host was first
+        create(data, fortran, name)
+    current = _segment.identity(name)
+    joined = current is not None and join(name, current)
     return current if joined else None
 
 

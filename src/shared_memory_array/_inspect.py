@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -148,11 +147,11 @@ def _mappers() -> dict[str, list[int]]:
     return found
 
 
-def _open(name: str) -> int | None:
-    """Open segment ``name`` read-only, never through a symlink; None if that fails."""
+def _open(name: str) -> tuple[int, os.stat_result] | None:
+    """Open segment ``name`` read-only if it is a regular file (never through a
+    symlink, never blocking on a FIFO); None if that fails."""
     try:
-        path = os.path.join(_segment.SHM_DIR, name)
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        return _segment.open_file(name, writable=False)
     except OSError:
         return None
 
@@ -160,12 +159,12 @@ def _open(name: str) -> int | None:
 def _read(name: str, mappers: dict[str, list[int]]) -> SegmentInfo | None:
     """Describe segment ``name`` if it is this user's and this library's, else None."""
     draft = _namespace.parse_draft(name)
-    fd = _open(name)
-    if fd is None:
+    opened = _open(name)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        if st.st_uid != os.getuid():
             return None
         head = os.pread(fd, _layout.DATA_ALIGNMENT, 0)
         needed = _layout.header_length(head)
@@ -216,7 +215,7 @@ def list_segments() -> list[SegmentInfo]:
     """
     _require_linux()
     mappers = _mappers()
-    infos = (_read(name, mappers) for name in sorted(os.listdir(_segment.SHM_DIR)))
+    infos = (_read(name, mappers) for name in sorted(_segment.names()))
     return [info for info in infos if info is not None]
 
 
@@ -305,15 +304,15 @@ def _unlink_if_unheld(name: str) -> bool:
     # /proc shows only this PID namespace, and a worker may join meanwhile: the
     # holders' shared flock (see _hostcopy) is seen from any namespace, and holding
     # the exclusive lock while unlinking keeps new holders out until it is gone.
-    fd = _open(name)
-    if fd is None:
+    opened = _open(name)
+    if opened is None:
         return False
+    fd, st = opened
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        st = os.fstat(fd)
         return _segment.Identity(st.st_dev, st.st_ino, st.st_size).same_mapping(
             _segment.identity(name)
         ) and _segment.unlink(name)

@@ -194,6 +194,11 @@ def identity(name: str) -> Identity | None:
         os.close(fd)
 
 
+def names() -> list[str]:
+    """The names in the shared memory directory: segments, drafts, anything planted."""
+    return os.listdir(SHM_DIR)
+
+
 def directory_state() -> tuple[int, int, int] | None:
     """A token that changes whenever a segment is made or unlinked; None: can't tell.
 

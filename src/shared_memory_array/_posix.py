@@ -287,7 +287,8 @@ def create(
             try:
                 segment = _map(fd, size, writable=True) if renamed else _map_linked(path, st)
             except BaseException:
-                os.unlink(path)
+                if _identity(st).same_file(identity(name)):  # never another's segment
+                    os.unlink(path)
                 raise
     finally:
         _creating.discard(fd)

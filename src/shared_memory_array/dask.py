@@ -35,8 +35,6 @@ try:
     from dask.context import thread_state  # where distributed keeps the running task
     from distributed import Client, get_client, get_worker, rejoin, secede
     from distributed import TimeoutError as DaskTimeoutError
-    from distributed.core import Status
-    from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
     from distributed.threadpoolexecutor import thread_state as executor_thread_state
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     raise ImportError(
@@ -45,56 +43,17 @@ except ImportError as exc:  # pragma: no cover - the extra is installed in tests
 
 from . import _hostcopy, _layout, _names, _segment
 from ._array import SharedMemoryArray, rebuild
+from ._dask_plugins import SharedMemoryArrayPlugin, register_plugins
 from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
 from ._host import host_key
 from ._segment import Identity
 
 __all__ = ["PublishedArray", "SharedMemoryArrayPlugin", "host_key", "publish"]
 
-PLUGIN_NAME = "shared-memory-array"
+# Reprs, docs and pickles name this module, wherever the plugin is defined.
+SharedMemoryArrayPlugin.__module__ = __name__
+
 _Copies = Mapping[str, tuple[str, Identity]]  # host key -> (segment name, identity)
-
-
-class SharedMemoryArrayPlugin(WorkerPlugin):
-    """Makes each worker hold the published copies it uses, and free them on teardown.
-
-    `publish` registers it; registering it again does nothing.  A worker holds a
-    copy from `publish` (or from its first use, for workers that joined later) until
-    it closes; the last worker (or nanny: `publish` registers a nanny plugin too)
-    of a host to close unlinks the host's copy.
-    """
-
-    idempotent = True  # distributed >= 2023.9: registering again is a no-op
-    name = PLUGIN_NAME
-
-    def setup(self, worker: Any) -> None:
-        _hostcopy.enrol(id(worker))
-
-    def teardown(self, worker: Any) -> None:
-        # Older distributed replace a plugin registered again by tearing it down
-        # on a running worker: only a closing worker lets go of its copies.
-        if getattr(worker, "status", None) in (Status.running, Status.paused):
-            return
-        _hostcopy.withdraw(id(worker))
-
-
-class _NannyHold(NannyPlugin):
-    """Makes each nanny hold its host's published copies until the nanny closes.
-
-    A nanny outlives the worker processes it restarts, so a host's copy survives
-    ``client.restart()`` and workers that all crash at once (out of memory).
-    """
-
-    idempotent = True
-    name = PLUGIN_NAME + "-nanny"
-
-    def setup(self, nanny: Any) -> None:
-        _hostcopy.enrol(id(nanny))
-
-    def teardown(self, nanny: Any) -> None:
-        if getattr(nanny, "status", None) == Status.running:  # replaced, not closing
-            return
-        _hostcopy.withdraw(id(nanny))
 
 
 class PublishedArray:
@@ -424,7 +383,7 @@ def publish(
     data = np.asarray(array)
     shape, dtype = _layout.normalize(data.shape, data.dtype)  # refuse object dtypes here
     fortran = _layout.is_fortran(data)
-    _register_plugins(client)
+    register_plugins(client)
     keys: dict[str, str] = client.run(_enrol)
     if not keys:
         raise ValueError("the Dask cluster has no workers: start them (client.wait_for_workers)")
@@ -480,15 +439,6 @@ def _copy_to_hosts(
         # Forget the workers' private copies now, even while an exception from here
         # keeps this frame alive.
         client.cancel([scattered, *made.values()])
-
-
-def _register_plugins(client: Any) -> None:
-    for plugin in (SharedMemoryArrayPlugin(), _NannyHold()):
-        if hasattr(client, "register_plugin"):  # distributed >= 2023.9.2
-            client.register_plugin(plugin, name=plugin.name)
-        else:  # pragma: no cover - older distributed
-            nanny = isinstance(plugin, NannyPlugin)
-            client.register_worker_plugin(plugin, name=plugin.name, nanny=nanny)
 
 
 def _enrol(dask_worker: Any) -> str:

@@ -33,6 +33,7 @@ distributed = pytest.importorskip(
     "distributed", reason="distributed is an optional test dependency"
 )
 smd = pytest.importorskip("shared_memory_array.dask")
+dask_fetch = pytest.importorskip("shared_memory_array._dask_fetch")
 
 SHM = "/dev/shm"
 
@@ -104,8 +105,11 @@ def made_since(before: set[str], client: Any) -> set[str]:
 
 
 def pretend_to_run_on(host: str) -> None:
-    """Make this worker see ``host`` as its host, as if it ran on a host added later."""
-    smd.host_key = lambda: host
+    """Make this worker see ``host`` as its host, as if it ran on a host added later.
+
+    The Dask layer asks `host_key` only through `_dask_fetch.host_here`.
+    """
+    dask_fetch.host_key = lambda: host
 
 
 def only_name(published: Any) -> str:

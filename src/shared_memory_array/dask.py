@@ -21,30 +21,27 @@ docs/cluster.md for how copies are kept and cleaned up.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 try:
-    from dask.context import thread_state  # where distributed keeps the running task
-    from distributed import Client, get_client, get_worker, rejoin, secede
-    from distributed import TimeoutError as DaskTimeoutError
-    from distributed.threadpoolexecutor import thread_state as executor_thread_state
+    from distributed import Client, get_client
 except ImportError as exc:  # pragma: no cover - the extra is installed in tests
     raise ImportError(
         "shared_memory_array.dask needs Dask distributed: pip install 'shared-memory-array[dask]'"
     ) from exc
 
-from . import _hostcopy, _layout, _names, _segment
-from ._array import SharedMemoryArray, rebuild
+# The Dask layer: this module publishes, releases and is the published array;
+# _dask_plugins makes workers and nannies hold their host's copies; _dask_fetch
+# attaches this host's copy, or fetches one for a host that joined after publish().
+from . import _hostcopy, _layout, _names
+from ._array import SharedMemoryArray
+from ._dask_fetch import Copies, attach, host_here, late_copy, late_name, view
 from ._dask_plugins import SharedMemoryArrayPlugin, register_plugins
-from ._errors import ForeignHostError, ReleasedError, SegmentNotFoundError
+from ._errors import ReleasedError
 from ._host import host_key
 from ._segment import Identity
 
@@ -52,8 +49,6 @@ __all__ = ["PublishedArray", "SharedMemoryArrayPlugin", "host_key", "publish"]
 
 # Reprs, docs and pickles name this module, wherever the plugin is defined.
 SharedMemoryArrayPlugin.__module__ = __name__
-
-_Copies = Mapping[str, tuple[str, Identity]]  # host key -> (segment name, identity)
 
 
 class PublishedArray:
@@ -71,7 +66,7 @@ class PublishedArray:
 
     def __init__(
         self,
-        copies: _Copies,
+        copies: Copies,
         shape: tuple[int, ...],
         dtype: np.dtype[Any],
         fortran: bool,
@@ -119,72 +114,15 @@ class PublishedArray:
         ReleasedError
             The copy was released.
         """
-        here = host_key()
-        copy = self._copies.get(here) or self._late_copy(here)
+        here = host_here()
+        copy = self._copies.get(here)
+        if copy is None:  # a host that joined after publish()
+            copy = late_copy(self._copies, self._shape, self._dtype, self._fortran, here)
         name, identity = copy
-        # A worker holds its host's copy from its first use (workers that joined
-        # after publish()); one it cannot join was released, even if this object
-        # still has a view of it.
-        if _hostcopy.is_member() and not _hostcopy.join(name, identity):
-            raise _released(name)
         # A new handle each time: the process's attach cache keeps the mapping, and
         # forgets it on release; a handle kept here would keep a released copy mapped
         # for as long as Dask keeps this object.
-        return rebuild(name, self._shape, self._dtype, self._fortran, None, identity, True)
-
-    def _late_copy(self, here: str) -> tuple[str, Identity]:
-        """This host's copy, for a host that ran no worker at publish() time.
-
-        Its name is derived from the published copies and the host, so any worker
-        of the host finds it, and `release` unlinks it.  One process of the host
-        at a time makes it (a lock file), fetching the array once from a worker
-        on a host with a copy.
-        """
-        name = _late_name(self._copies, here)
-        identity = _segment.identity(name)
-        if identity is not None:
-            return name, identity
-        if not sys.platform.startswith("linux"):
-            raise self._foreign(here, "copies for hosts added later are made on Linux only")
-        try:
-            worker = get_worker()
-        except ValueError:
-            raise self._foreign(here, "this process is no Dask worker") from None
-        # Out of the worker's thread pool while waiting for the locks and the source,
-        # so that the worker runs other tasks meanwhile (a source's for another host).
-        with _seceded(), _late_lock, _hostcopy.claim(name):
-            identity = _segment.identity(name)
-            if identity is not None:  # made by another worker of this host meanwhile
-                return name, identity
-            made: Identity | None = None
-            try:
-                data = _on_a_source(self, here, worker.address, _source_view)
-                made = _hostcopy.create_once(data, self._fortran, name)
-                del data
-                # A release() that ran between the fetch and the link missed this
-                # copy: check a source still has its copy once this one is in place.
-                if made is not None and not _on_a_source(self, here, worker.address, _source_held):
-                    made = None
-            except ReleasedError:
-                made = None
-            except BaseException:
-                if made is not None:  # in place, but not known to be still published
-                    _hostcopy.release(name, made)
-                raise
-        if made is None:
-            _hostcopy.release(name, None)
-            raise _released(name)
-        return name, made
-
-    def _foreign(self, here: str, why: str) -> ForeignHostError:
-        return ForeignHostError(
-            f"no copy of this published array on this host ({here}), and {why} to make "
-            f"one: copies were placed on the hosts that ran workers at publish() time "
-            f"({', '.join(sorted(self._copies)) or 'none'}); a worker on a host added "
-            "since makes its host's copy at first use",
-            host=here,
-            hosts=tuple(sorted(self._copies)),
-        )
+        return attach(name, identity, self._shape, self._dtype, self._fortran)
 
     def as_array(self) -> npt.NDArray[Any]:
         """Return a read-only, zero-copy view of this host's copy.
@@ -197,11 +135,7 @@ class PublishedArray:
             The copy was released (`release`, or every worker and nanny of this
             host closed).
         """
-        handle = self.handle()
-        try:
-            return handle.as_array()
-        except SegmentNotFoundError:
-            raise _released(handle.name) from None
+        return view(self.handle())
 
     __call__ = as_array
 
@@ -243,102 +177,8 @@ class PublishedArray:
         return f"<PublishedArray shape={self._shape} dtype={self._dtype} hosts={len(self._copies)}>"
 
 
-def _released(name: str) -> ReleasedError:
-    return ReleasedError(
-        f"published array {name!r} was released on this host ({host_key()}): by "
-        "release(), or because every worker and nanny of this host closed",
-        segment=name,
-    )
-
-
-def _late_name(copies: Mapping[str, tuple[str, Any]], host: str) -> str:
-    """The name of the copy of a host that joined after publish() (`PublishedArray.handle`)."""
-    first = min((name for name, _ in copies.values()), default="")
-    digest = hashlib.blake2b(f"{first} {host}".encode(), digest_size=8).hexdigest()
-    return f"{_names.PREFIX}late_{digest}"  # 25 characters: fits macOS too
-
-
-def _host_here() -> str:
-    return host_key()
-
-
-def _source_view(published: PublishedArray) -> npt.NDArray[Any]:
-    """Run on a host with a copy: the data for a host without one."""
-    return published.as_array()
-
-
-def _source_held(published: PublishedArray) -> bool:
-    """Run on a host with a copy: whether it is still there (not released)."""
-    name, identity = published._copies[host_key()]
-    return identity.same_mapping(_segment.identity(name))
-
-
-_T = TypeVar("_T")
-_late_lock = threading.Lock()  # one late copy made at a time in this process
-_SOURCE_PRIORITY = 1_000_000  # ahead of the work queued on the source workers
-_SOURCE_CHECK_SECONDS = 10
-
-
-def _on_a_source(
-    published: PublishedArray, here: str, me: str, function: Callable[[PublishedArray], _T]
-) -> _T:
-    """Run ``function(published)`` on a worker of a host with a copy; return its result.
-
-    Waits as long as the task is queued, but submits it again if every worker it
-    could run on left the cluster (a source worker restarted gets a new address).
-    """
-    client: Any = get_client()  # distributed is partly untyped
-    sources = _sources(client, published, me)
-    while True:
-        if not sources:
-            raise published._foreign(here, "no worker runs on a host with a copy")
-        future = client.submit(
-            function, published, workers=sources, pure=False, priority=_SOURCE_PRIORITY
-        )
-        try:
-            while True:
-                try:
-                    result: _T = future.result(timeout=_SOURCE_CHECK_SECONDS)
-                    return result
-                except DaskTimeoutError:
-                    now = _sources(client, published, me)
-                    if not set(sources) & set(now):
-                        sources = now  # every source left: ask others
-                        break
-        finally:
-            client.cancel([future])
-
-
-def _sources(client: Any, published: PublishedArray, me: str) -> list[str]:
-    """The workers, other than ``me``, that run on a host with a copy of ``published``."""
-    keys: dict[str, str] = client.run(_host_here, on_error="ignore")
-    return sorted(
-        address for address, key in keys.items() if key in published._copies and address != me
-    )
-
-
-@contextlib.contextmanager
-def _seceded() -> Iterator[None]:
-    """Leave the worker's thread pool while waiting, if this thread runs a task."""
-    # Only a thread of distributed's own executor can leave its pool, and only once
-    # (worker_client() or the task itself may have seceded already).
-    in_task = getattr(thread_state, "key", None) is not None and (
-        getattr(executor_thread_state, "executor", None) is not None
-    )
-    if in_task:
-        try:
-            secede()  # type: ignore[no-untyped-call]
-        except KeyError:  # already seceded
-            in_task = False
-    try:
-        yield
-    finally:
-        if in_task:
-            rejoin()  # type: ignore[no-untyped-call]
-
-
 def _rebuild_published(
-    copies: _Copies, shape: tuple[int, ...], dtype: np.dtype[Any] | str, fortran: bool
+    copies: Copies, shape: tuple[int, ...], dtype: np.dtype[Any] | str, fortran: bool
 ) -> PublishedArray:
     return PublishedArray(copies, shape, _layout.dtype_of_token(dtype), fortran)
 
@@ -394,7 +234,7 @@ def publish(
     names = {key: _names.generate() for key in workers}
     copies: dict[str, tuple[str, Identity]] = {}
     try:
-        here = host_key()
+        here = host_here()
         if here in workers:
             copies[here] = _hostcopy.create(data, fortran, names[here])
         remote = {key: addresses[0] for key, addresses in workers.items() if key != here}
@@ -443,19 +283,19 @@ def _copy_to_hosts(
 
 def _enrol(dask_worker: Any) -> str:
     _hostcopy.enrol(id(dask_worker))
-    return host_key()
+    return host_here()
 
 
-def _join_on_host(copies: _Copies) -> str | None:
+def _join_on_host(copies: Copies) -> str | None:
     """Hold this host's copy; return this host's key if it has one to hold."""
-    here = host_key()
+    here = host_here()
     copy = copies.get(here)
     return here if copy is not None and _hostcopy.join(*copy) else None
 
 
 def _release_on_host(copies: Mapping[str, tuple[str, Identity | None]]) -> None:
-    here = host_key()
-    name, identity = copies.get(here) or (_late_name(copies, here), None)
+    here = host_here()
+    name, identity = copies.get(here) or (late_name(copies, here), None)
     _hostcopy.release(name, identity)
     if here not in copies:
         _hostcopy.drop_claim(name)
@@ -468,7 +308,7 @@ def _release_everywhere(client: Client, copies: Mapping[str, tuple[str, Identity
         client.run(_release_on_host, copies, on_error="ignore")
         # Again, now that every host with a copy has released it: a host added
         # later that linked its copy meanwhile either finds its source released,
-        # or had linked it before this round (see PublishedArray._late_copy).
+        # or had linked it before this round (see `_dask_fetch.late_copy`).
         client.run(_release_on_host, copies, on_error="ignore")
         client.run(_release_on_host, copies, nanny=True, on_error="ignore")
     finally:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from multiprocessing import shared_memory
@@ -191,21 +192,35 @@ def test_killed_owner_with_a_manager_is_cleaned_by_the_manager():
 
 
 def _killed(code: str, *args: str) -> list[str]:
-    """Start ``code`` in a new interpreter, read the lines it prints up to 'ready', SIGKILL it."""
-    with subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as process:
+    """Start ``code`` in a new interpreter, read the lines it prints up to 'ready', SIGKILL it.
+
+    Its stderr goes to a file, not a pipe nobody reads (its resource tracker may
+    write there after the kill), and is shown if it exits before it is ready.
+    """
+    with (
+        tempfile.TemporaryFile("w+") as stderr,
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        ) as process,
+    ):
         assert process.stdout is not None
-        lines = []
+        lines, ready = [], False
         for line in process.stdout:
             if line.strip() == "ready":
+                ready = True
                 break
             lines.append(line.strip())
         process.kill()
         process.wait(60)
+        if not ready:
+            stderr.seek(0)
+            raise AssertionError(
+                f"exited (code {process.returncode}) before it was ready, having printed "
+                f"{lines}; stderr:\n{stderr.read()}"
+            )
     return lines
 
 

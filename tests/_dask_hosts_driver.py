@@ -31,8 +31,8 @@ from shared_memory_array import (
     ReleasedError,
     SegmentNotFoundError,
     SharedMemoryArray,
+    _segment,
 )
-from shared_memory_array._inspect import _mappers
 from shared_memory_array.dask import PublishedArray, host_key, publish
 
 SHM = "/dev/shm"
@@ -154,7 +154,7 @@ def describe(error: BaseException | None) -> dict[str, Any]:
 
 def holders(published: PublishedArray) -> dict[str, list[int]]:
     """The processes holding each host's copy open or mapped (one PID namespace for both)."""
-    mappers = _mappers()
+    mappers = _segment.holders()
     return {host: mappers.get(name, []) for host, name in published.hosts.items()}
 
 
@@ -172,7 +172,7 @@ def check(client: distributed.Client, early: PublishedArray) -> dict[str, Any]:
     early.release()
     result["early_released"] = on_each(client, workers, segments)
     made = {name for listed in result["early_segments"].values() for name in listed["segments"]}
-    mappers = _mappers()
+    mappers = _segment.holders()
     result["early_holders_released"] = {name: mappers.get(name, []) for name in sorted(made)}
     here = host_key()
     elsewhere = [address for address in workers if result["workers"][address]["host"] != here]

@@ -26,8 +26,8 @@ from shared_memory_array import (
     _hostcopy,
     _names,
     _rebuild,
+    _segment,
 )
-from shared_memory_array._inspect import _mappers
 
 distributed = pytest.importorskip(
     "distributed", reason="distributed is an optional test dependency"
@@ -79,7 +79,7 @@ def sums_read(client: Any, published: Any, tasks: int = 4) -> set[float]:
 
 def holders(name: str) -> list[int]:
     """The processes that have segment ``name`` open or mapped, unlinked or not."""
-    return _mappers().get(name, [])
+    return _segment.holders().get(name, [])
 
 
 def wait_for_restart(client: Any, killed: set[int], timeout: float = 60) -> None:

@@ -167,7 +167,7 @@ def test_clean_spares_a_copy_held_by_a_process_it_cannot_see(copy, monkeypatch):
     name, identity = copy
     assert _hostcopy.join(name, identity)
     # as from another PID namespace: /proc shows nobody using it
-    monkeypatch.setattr("shared_memory_array._inspect._mappers", dict)
+    monkeypatch.setattr("shared_memory_array._segment.holders", dict)
     assert [info.name for info in clean_segments(dry_run=True)].count(name) == 1
     assert name not in [info.name for info in clean_segments()]
     assert exists(name)

@@ -111,7 +111,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
     # Class-level defaults: handles are built by _make(), which sets only the rest.
     _mapped: Bytes | None = None  # the whole segment; holds the mapping
-    _users: weakref.WeakSet[Any] | None = None  # live handles of this process over it
+    _users: list[weakref.ref[Any]] | None = None  # live handles of this process over it
     _closed = False
     _owner_pid = 0
     _finalizer: util.Finalize | None = None
@@ -507,6 +507,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         mapped = _cache.attach(  # the name is validated above
             name, readonly=readonly, validate=False, trusted_only=not allow_untrusted
         )
+        if mapped.layout is not None and shape is None and dtype is None and order is None:
+            return cls._from_mapped(name, mapped.layout, mapped, readonly)  # nothing to compare
         layout = _resolve(name, mapped, shape, dtype, order, validate=True)
         return cls._from_mapped(name, layout, mapped, readonly)
 
@@ -550,9 +552,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     def _from_mapped(
         cls, name: str, layout: Layout, mapped: _cache.Mapped, readonly: bool
     ) -> SharedMemoryArray[Any]:
-        self = cls._make(_Spec(name, layout, identity=mapped.identity, readonly=readonly), None)
+        self = cls.__new__(cls)
+        self._spec = _Spec(name, layout, None, mapped.identity, readonly, None)
         self._use(mapped)
-        if layout == mapped.layout:
+        if layout is mapped.layout or layout == mapped.layout:
             self._array = mapped.array
         return self
 
@@ -682,7 +685,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         handle = type(self)._make(self._spec._replace(region=region), self._mapped)
         if self._users is not None:
             handle._users = self._users
-            self._users.add(handle)
+            _cache.add_user(self._users, handle)
         return handle
 
     def _attach_lazily(self) -> npt.NDArray[Any] | None:
@@ -719,7 +722,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """Take this process's cached mapping, counted among its live handles."""
         self._mapped = mapped.segment
         self._users = mapped.users
-        mapped.users.add(self)
+        _cache.add_user(mapped.users, self)
 
     def _closed_error(self) -> ClosedHandleError:
         return ClosedHandleError(
@@ -810,7 +813,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     @property
     def owner(self) -> bool:
         """Whether closing this handle unlinks the segment (only in the creating process)."""
-        return self._owner_pid == os.getpid()
+        return self._owner_pid != 0 and self._owner_pid == os.getpid()  # 0: never an owner
 
     @property
     def closed(self) -> bool:
@@ -838,16 +841,16 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._closed:
             return
         if not self.owner:
-            self._close()
+            self._close(owner=False)
             return
         with _interrupts.deferred():  # a Ctrl-C half way would leak the segment
-            self._close()
+            self._close(owner=True)
 
-    def _close(self) -> None:
+    def _close(self, owner: bool) -> None:
         self._closed = True
         segment, users = self._mapped, self._users
         self._mapped = self._array = self._users = None
-        if self.owner:
+        if owner:
             self._unlink()
         elif users is not None and segment is not None:
             _cache.let_go(self._spec.name, self._spec.readonly, segment, self)

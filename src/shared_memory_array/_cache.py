@@ -39,6 +39,17 @@ from ._segment import Bytes, Identity
 MAX_ENTRIES = 32
 
 
+def add_user(users: list[weakref.ref[Any]], handle: object) -> None:
+    """Count ``handle`` among the users of a mapping, weakly: a collected one drops out.
+
+    A plain list, pruned now and then: cheaper than a ``WeakSet``, and attach is hot.
+    """
+    users.append(weakref.ref(handle))
+    count = len(users)
+    if count >= 8 and count & (count - 1) == 0:  # at 8, 16, 32...: forget collected ones
+        users[:] = [ref for ref in users if ref() is not None]
+
+
 class Mapped(NamedTuple):
     """A mapped segment, what it is, and what its header says (None: a raw segment)."""
 
@@ -46,12 +57,12 @@ class Mapped(NamedTuple):
     identity: Identity
     layout: Layout | None
     array: np.ndarray[Any, Any] | None  # the whole array, per ``layout``
-    users: weakref.WeakSet[Any]  # this process's live handles over this mapping
+    users: list[weakref.ref[Any]]  # this process's live handles over it (`add_user`)
 
     @classmethod
     def of(cls, segment: Bytes, identity: Identity, layout: Layout | None) -> Mapped:
         array = None if layout is None else layout.view(segment)
-        return cls(segment, identity, layout, array, weakref.WeakSet())
+        return cls(segment, identity, layout, array, [])
 
 
 # Reentrant: an owner's finalizer calls forget(), and garbage collection can run
@@ -149,7 +160,10 @@ def attach(
             mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
         except LayoutError as exc:
             problem = exc
-        except ValueError as exc:  # NumPy refused a layout the header checks let through
+        except (
+            ValueError,
+            TypeError,
+        ) as exc:  # NumPy refused a layout the header checks let through
             problem = LayoutError(f"segment {name!r} has a corrupt header: {exc}", segment=name)
     if problem is not None:
         del segment  # a traceback keeps this frame: it must not keep the mapping too
@@ -165,7 +179,7 @@ def create(
     segment, identity = _segment.create(name, size, chunks, filled=filled)
     try:
         mapped = Mapped.of(segment, identity, layout)
-    except ValueError as exc:  # NumPy refused the layout: leave nothing behind
+    except (ValueError, TypeError) as exc:  # NumPy refused the layout: leave nothing behind
         _segment.unlink(name)
         raise LayoutError(f"cannot lay out segment {name!r}: {exc}", segment=name) from None
     _remember((name, False), mapped)
@@ -185,8 +199,9 @@ def let_go(name: str, readonly: bool, segment: Bytes, handle: object) -> None:
         entry = _entries.get(key)
         if entry is None or entry.segment is not segment:
             return
-        entry.users.discard(handle)
-        if not entry.users:
+        users = entry.users
+        users[:] = [ref for ref in users if (live := ref()) is not None and live is not handle]
+        if not users:
             del _entries[key]
 
 

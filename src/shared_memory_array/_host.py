@@ -10,7 +10,6 @@ filesystem.  Two machines can have the same device number, never the same boot i
 from __future__ import annotations
 
 import functools
-import os
 import socket
 
 from . import _segment
@@ -33,8 +32,4 @@ def host_key() -> str:
             boot = boot_id.read().strip().replace("-", "")[:16]
     except OSError:
         boot = socket.gethostname()
-    try:
-        device = os.stat(_segment.SHM_DIR).st_dev
-    except OSError:
-        device = 0
-    return f"{boot}:{device:x}"
+    return f"{boot}:{_segment.device():x}"

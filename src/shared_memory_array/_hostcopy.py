@@ -147,7 +147,7 @@ def drop_claim(name: str) -> None:
 
 
 def _claim_path(name: str) -> str:
-    return os.path.join(_segment.SHM_DIR, f".{name}.lock")  # no segment name starts with "."
+    return _segment.side_file(name)
 
 
 def join(name: str, identity: tuple[int, int, int]) -> bool:

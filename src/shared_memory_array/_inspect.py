@@ -9,7 +9,6 @@ process's PID namespace: seen from another, they name other processes or none.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sys
@@ -121,32 +120,6 @@ def _alive(pid: int) -> bool:
     return process and state not in (b"Z", b"X")  # a zombie holds no memory, does nothing
 
 
-def _mappers() -> dict[str, list[int]]:
-    """Map each /dev/shm name to the pids that have it mapped or open.
-
-    Open counts too: Dask workers hold the published copies of their host by an
-    open descriptor (see ``_hostcopy``) before they map them.
-    """
-    prefix = _segment.SHM_DIR + "/"
-    found: dict[str, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/maps") as maps:
-                paths = {line.split(prefix, 1)[1].rstrip("\n") for line in maps if prefix in line}
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                with contextlib.suppress(OSError):  # closed meanwhile
-                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
-                    if target.startswith(prefix):
-                        paths.add(target[len(prefix) :])
-        except OSError:  # gone, or not ours to read
-            continue
-        for name in {path.split(" (deleted)")[0] for path in paths}:
-            found.setdefault(name, []).append(int(entry))
-    return found
-
-
 def _open(name: str) -> tuple[int, os.stat_result] | None:
     """Open segment ``name`` read-only if it is a regular file (never through a
     symlink, never blocking on a FIFO); None if that fails."""
@@ -214,7 +187,7 @@ def list_segments() -> list[SegmentInfo]:
         Not on Linux.
     """
     _require_linux()
-    mappers = _mappers()
+    mappers = _segment.holders()
     infos = (_read(name, mappers) for name in sorted(_segment.names()))
     return [info for info in infos if info is not None]
 
@@ -248,9 +221,9 @@ def segment_info(name: str) -> SegmentInfo:
     _require_linux()
     if not _namespace.is_draft(name):
         _names.validate(name)
-    if not os.path.exists(os.path.join(_segment.SHM_DIR, name)):
+    if not _segment.exists(name):
         raise SegmentNotFoundError(f"no shared memory segment named {name!r}", segment=name)
-    info = _read(name, _mappers())
+    info = _read(name, _segment.holders())
     if info is None:
         raise LayoutError(
             f"segment {name!r} is not a shared-memory-array segment of this user", segment=name

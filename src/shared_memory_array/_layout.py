@@ -38,7 +38,7 @@ import operator
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, Union
 
 import numpy as np
 import numpy.lib.format as npformat
@@ -72,9 +72,13 @@ class Layout(NamedTuple):
         return count(self.shape) * self.dtype.itemsize
 
     def view(self, segment: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, Any]:
-        """The array over a mapped segment; NumPy keeps it inside the segment's bounds."""
-        data = segment[self.offset : self.offset + self.nbytes]
-        return data.view(self.dtype).reshape(self.shape, order="F" if self.fortran else "C")
+        """The array over a mapped segment; NumPy keeps it inside the segment's bounds
+        (``TypeError`` if it does not fit)."""
+        # Positional arguments: np.ndarray parses keywords slowly, and attach is hot.
+        if self.dtype.subdtype is not None:  # NumPy would add its shape to the array's
+            raise ValueError(f"a subarray dtype ({self.dtype}) belongs in the shape")
+        order: Literal["C", "F"] = "F" if self.fortran else "C"
+        return np.ndarray(self.shape, self.dtype, segment, self.offset, None, order)
 
 
 class Region(NamedTuple):
@@ -245,6 +249,12 @@ def _parse_dtype(text: str | bytes) -> np.dtype[Any]:
     return np.dtype(text)
 
 
+@functools.lru_cache(maxsize=256)
+def _header_dtype(text: bytes) -> np.dtype[Any]:
+    """A header's dtype, parsed and checked once per process (attach is hot)."""
+    return normalize_dtype(_parse_dtype(text))
+
+
 def dtype_token(dtype: np.dtype[Any]) -> np.dtype[Any] | str:
     """What a pickle carries for ``dtype``: its string when that says it all."""
     # Pickling a dtype object costs about 4 us, its string far less.
@@ -290,40 +300,30 @@ def encode(
     return start + struct.pack(f"<{len(shape)}Q", *shape) + description, offset
 
 
-class _Fixed(NamedTuple):
-    """The fixed part of a header, whatever its format."""
-
-    version: int
-    flags: int
-    ndim: int
-    length: int  # of the dtype description
-    offset: int
-    nbytes: int
-    creator: int
-    keeper: int
-    pid_namespace: int  # 0 in format 1
-    size: int  # of the fixed part itself
+# The fields every format shares: up to the lengths a reader needs first, and up
+# to the data's size.
+_LENGTHS = struct.Struct("<8sHHII")  # magic, version, flags, ndim, description length
+_SIZES = struct.Struct("<8sHHIIQQ")  # ..., data offset, data size
+_SHAPES = [struct.Struct(f"<{ndim}Q") for ndim in range(_MAX_DIMS + 1)]
 
 
-def _fixed(head: bytes) -> _Fixed | None:
-    """Read the fixed part of a header; None if ``head`` starts none.
+def _fixed(head: bytes) -> tuple[int, ...] | None:
+    """The fixed part of a header, as ``(version, flags, ndim, length, offset, nbytes,
+    creator, keeper, pid_namespace, size of the fixed part)``; None if ``head`` starts none.
 
-    For a format this version does not know, only the version is read (the rest
-    is zeros), for `decode` to refuse.
+    For a format this version does not know, only the version is read (the rest is
+    zeros), for `decode` to refuse.  Format 1 has no namespace: 0.
     """
-    if len(head) < _START.size or head[:8] != MAGIC:
+    if head[:8] != MAGIC or len(head) < _START.size:
         return None
     version = _START.unpack_from(head)[1]
     fixed = _FIXED.get(version)
     if fixed is None:
-        return _Fixed(version, 0, 0, 0, 0, 0, 0, 0, 0, _START.size)
+        return (version, 0, 0, 0, 0, 0, 0, 0, 0, _START.size)
     if len(head) < fixed.size:
         return None
-    _, _, flags, ndim, length, offset, nbytes, creator, keeper, *rest = fixed.unpack_from(head)
-    namespace = rest[0] if rest else 0
-    return _Fixed(
-        version, flags, ndim, length, offset, nbytes, creator, keeper, namespace, fixed.size
-    )
+    fields = fixed.unpack_from(head)
+    return (*fields[1:], *((0,) if version == 1 else ()), fixed.size)
 
 
 def header_length(head: bytes) -> int:
@@ -332,11 +332,18 @@ def header_length(head: bytes) -> int:
     A first read of a few hundred bytes is enough unless the dtype has a very long
     description; then read this many and decode again.
     """
-    fixed = _fixed(head)
-    if fixed is None:
+    if head[:8] != MAGIC or len(head) < _LENGTHS.size:
         return 0
-    ndim = min(fixed.ndim, _MAX_DIMS + 1)
-    return fixed.size + 8 * ndim + min(fixed.length, _MAX_DESCRIPTION + 1)
+    version: int
+    ndim: int
+    length: int
+    _, version, _, ndim, length = _LENGTHS.unpack_from(head)
+    fixed = _FIXED.get(version)
+    if fixed is None:
+        return _START.size  # a format unknown here: enough for decode to refuse it
+    if len(head) < fixed.size:
+        return 0
+    return fixed.size + 8 * min(ndim, _MAX_DIMS + 1) + min(length, _MAX_DESCRIPTION + 1)
 
 
 class Origin(NamedTuple):
@@ -356,7 +363,11 @@ def origin(head: bytes) -> Origin:
     fixed = _fixed(head)
     if fixed is None:
         return Origin(0, 0, 0)
-    return Origin(fixed.creator, fixed.keeper, fixed.pid_namespace)
+    return Origin(*fixed[6:9])
+
+
+def _corrupt(name: str, problem: str) -> LayoutError:
+    return LayoutError(f"segment {name!r} has a corrupt header: {problem}", segment=name)
 
 
 def decode(head: bytes, size: int, name: str) -> Layout | None:
@@ -378,38 +389,41 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
     LayoutError
         The header is corrupt, or in a format newer than this version reads.
     """
-    fixed = _fixed(head)
-    if fixed is None:
+    if head[:8] != MAGIC or len(head) < _START.size:
         return None
-    version, flags, ndim, length, offset, nbytes, _, _, _, start = fixed
-
-    def corrupt(problem: str) -> LayoutError:
-        return LayoutError(f"segment {name!r} has a corrupt header: {problem}", segment=name)
-
-    if version > FORMAT_VERSION:
-        raise LayoutError(
-            f"segment {name!r} was made by a newer shared-memory-array (format {version}); "
-            f"this version reads format {FORMAT_VERSION} and older",
-            segment=name,
-        )
-    if version not in _FIXED:
-        raise corrupt(f"unknown format {version}")
-    end = start + 8 * ndim + length
+    version = _START.unpack_from(head)[1]
+    fixed = _FIXED.get(version)
+    if fixed is None:
+        if version > FORMAT_VERSION:
+            raise LayoutError(
+                f"segment {name!r} was made by a newer shared-memory-array (format {version}); "
+                f"this version reads format {FORMAT_VERSION} and older",
+                segment=name,
+            )
+        raise _corrupt(name, f"unknown format {version}")
+    if len(head) < fixed.size:
+        return None
+    _, _, flags, ndim, length, offset, nbytes = _SIZES.unpack_from(head)
+    end = fixed.size + 8 * ndim + length
     if ndim > _MAX_DIMS or length > _MAX_DESCRIPTION or end > min(offset, size):
-        raise corrupt(f"{ndim} dimensions and a {length}-byte dtype do not fit before the data")
+        raise _corrupt(
+            name, f"{ndim} dimensions and a {length}-byte dtype do not fit before the data"
+        )
     if offset + nbytes > size:
-        raise corrupt(
-            f"data of {nbytes} bytes at offset {offset} runs past the segment end ({size} bytes)"
+        raise _corrupt(
+            name,
+            f"data of {nbytes} bytes at offset {offset} runs past the segment end ({size} bytes)",
         )
     if end > len(head):
-        raise corrupt(f"header of {end} bytes is longer than the {len(head)} bytes read")
-    shape = struct.unpack_from(f"<{ndim}Q", head, start)
+        raise _corrupt(name, f"header of {end} bytes is longer than the {len(head)} bytes read")
+    shape = _SHAPES[ndim].unpack_from(head, fixed.size)
     text = head[end - length : end]
     try:
-        dtype = _parse_dtype(text)
+        dtype = _header_dtype(text)
+    except UnsupportedDtypeError as exc:
+        raise UnsupportedDtypeError(str(exc), segment=name) from None
     except Exception as exc:  # literal_eval and np.dtype raise many types
-        raise corrupt(f"unreadable dtype {text[:200]!r} ({exc})") from None
-    dtype = normalize_dtype(dtype, name)
+        raise _corrupt(name, f"unreadable dtype {text[:200]!r} ({exc})") from None
     if count(shape) * dtype.itemsize != nbytes:
-        raise corrupt(f"shape {shape} and dtype {dtype} do not add up to {nbytes} bytes")
+        raise _corrupt(name, f"shape {shape} and dtype {dtype} do not add up to {nbytes} bytes")
     return Layout(shape, dtype, bool(flags & _FORTRAN), offset)

@@ -34,9 +34,10 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
         Target(
             "cold attach: ours / raw floor",
             figures.get("cold_attach"),
-            1.3,
+            2.0,
             True,
-            "attach(name).as_array() with the cache released, section c",
+            "attach(name).as_array() with the cache released, section c (2 this round; "
+            "the goal beyond it is 1.3)",
             "c",
         ),
         Target(

@@ -709,7 +709,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             and found.fortran == wanted.fortran
         ):
             # the common case: the pickle matches the header
-            self._spec = self._spec._replace(layout=found)
+            spec = self._spec  # not _replace(): this is a worker's every first use
+            self._spec = _Spec(
+                spec.name, found, spec.region, spec.identity, spec.readonly, spec.host
+            )
             self._use(mapped)
             return mapped.array
         shape, dtype, fortran, _ = self._spec.layout

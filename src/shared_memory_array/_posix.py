@@ -96,7 +96,9 @@ class Identity(NamedTuple):
     def same_mapping(self, other: tuple[int, ...] | None) -> bool:
         """Whether a mapping of this segment still serves ``other``: the same file
         at the same size (reading past the end of a shrunk file raises SIGBUS)."""
-        return other is not None and tuple(self) == tuple(other)
+        if other is None:
+            return False
+        return tuple.__eq__(self, other) is True or tuple(self) == tuple(other)  # a list too
 
 
 class _Mapping:

@@ -21,7 +21,27 @@ if sys.platform == "win32":  # pragma: no cover
     )
 
 from . import _posix
-from ._posix import SHM_DIR, Bytes, Identity
+
+# The named backend's operations (see Backend), and what only named segments have:
+# device, directory_state, free_bytes and side_file (the file system that holds them).
+from ._posix import (
+    SHM_DIR,
+    Bytes,
+    Identity,
+    create,
+    device,
+    directory_state,
+    exists,
+    free_bytes,
+    holders,
+    identity,
+    names,
+    open_existing,
+    open_file,
+    reserve,
+    side_file,
+    unlink,
+)
 
 
 class Backend(Protocol):
@@ -67,20 +87,6 @@ class Backend(Protocol):
 
 NAMED: Backend = _posix  # checked against the protocol by mypy
 
-create = _posix.create
-open_existing = _posix.open_existing
-open_file = _posix.open_file
-reserve = _posix.reserve
-identity = _posix.identity
-exists = _posix.exists
-names = _posix.names
-holders = _posix.holders
-unlink = _posix.unlink
-# Named segments only: the file system that holds them.
-directory_state = _posix.directory_state
-free_bytes = _posix.free_bytes
-device = _posix.device
-side_file = _posix.side_file
 
 __all__ = [
     "NAMED",

@@ -202,3 +202,23 @@ def test_an_explicit_close_lets_go_and_garbage_collection_keeps_the_mapping():
         release_cached_mappings()
         raw.close()
         raw.unlink()
+
+
+def test_handles_a_worker_drops_without_closing_do_not_pile_up_in_the_cache():
+    with SharedMemoryArray.allocate(None, 1000) as owner:
+        payload = pickle.dumps(owner)
+        for _ in range(10_000):  # a pool worker's tasks: unpickled, used, dropped
+            pickle.loads(payload).as_array()
+        users = _cache._entries[(owner.name, False)].users
+        assert len([ref for ref in users if ref() is not None]) == 1  # the owner
+        assert len(users) < 64
+
+
+def test_mapping_and_unmapping_many_times_keeps_the_unmap_records_bounded():
+    from shared_memory_array import _posix
+
+    with SharedMemoryArray.allocate(None, 1000) as owner:
+        for _ in range(2_000):
+            release_cached_mappings()
+            SharedMemoryArray.attach(owner.name).close()
+    assert len(_posix._unmappers) < 256

@@ -160,10 +160,8 @@ def attach(
             mapped = Mapped.of(segment, found, _layout.decode(head, segment.size, name))
         except LayoutError as exc:
             problem = exc
-        except (
-            ValueError,
-            TypeError,
-        ) as exc:  # NumPy refused a layout the header checks let through
+        except (ValueError, TypeError) as exc:
+            # NumPy refused a layout the header checks let through
             problem = LayoutError(f"segment {name!r} has a corrupt header: {exc}", segment=name)
     if problem is not None:
         del segment  # a traceback keeps this frame: it must not keep the mapping too

@@ -507,8 +507,6 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         mapped = _cache.attach(  # the name is validated above
             name, readonly=readonly, validate=False, trusted_only=not allow_untrusted
         )
-        if mapped.layout is not None and shape is None and dtype is None and order is None:
-            return cls._from_mapped(name, mapped.layout, mapped, readonly)  # nothing to compare
         layout = _resolve(name, mapped, shape, dtype, order, validate=True)
         return cls._from_mapped(name, layout, mapped, readonly)
 
@@ -555,7 +553,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         self = cls.__new__(cls)
         self._spec = _Spec(name, layout, None, mapped.identity, readonly, None)
         self._use(mapped)
-        if layout is mapped.layout or layout == mapped.layout:
+        if layout == mapped.layout:
             self._array = mapped.array
         return self
 
@@ -1090,8 +1088,8 @@ def _resolve(
     for a raw segment (one made without this library, data at offset 0)."""
     found = mapped.layout
     if found is not None:
-        if not validate:
-            return found
+        if not validate or (shape is None and dtype is None and order is None):
+            return found  # nothing to compare
         if shape is None and dtype is None:
             dims, dt = found.shape, found.dtype
         else:  # together: a subarray dtype adds to the shape

@@ -74,10 +74,10 @@ class Layout(NamedTuple):
     def view(self, segment: np.ndarray[Any, np.dtype[np.uint8]]) -> np.ndarray[Any, Any]:
         """The array over a mapped segment; NumPy keeps it inside the segment's bounds
         (``TypeError`` if it does not fit)."""
-        # Positional arguments: np.ndarray parses keywords slowly, and attach is hot.
         if self.dtype.subdtype is not None:  # NumPy would add its shape to the array's
             raise ValueError(f"a subarray dtype ({self.dtype}) belongs in the shape")
         order: Literal["C", "F"] = "F" if self.fortran else "C"
+        # Positional arguments: np.ndarray parses keywords slowly, and attach is hot.
         return np.ndarray(self.shape, self.dtype, segment, self.offset, None, order)
 
 

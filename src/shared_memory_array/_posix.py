@@ -96,9 +96,7 @@ class Identity(NamedTuple):
     def same_mapping(self, other: tuple[int, ...] | None) -> bool:
         """Whether a mapping of this segment still serves ``other``: the same file
         at the same size (reading past the end of a shrunk file raises SIGBUS)."""
-        if other is None:
-            return False
-        return tuple.__eq__(self, other) is True or tuple(self) == tuple(other)  # a list too
+        return other is not None and self == tuple(other)
 
 
 class _Mapping:
@@ -230,7 +228,7 @@ def device() -> int:
 
 def side_file(name: str) -> str:
     """The path of a lock file beside segment ``name``, that no segment name can take."""
-    return _SHM_PREFIX + "." + _path(name)[len(_SHM_PREFIX) :] + ".lock"
+    return _path(f".{name}.lock")  # no segment name starts with "."
 
 
 def holders() -> dict[str, list[int]]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from . import _cache, _interrupts, _keepers, _layout, _names, _segment, _write
+from . import _cache, _interrupts, _keepers, _layout, _names, _segment, _transfer, _write
 from ._errors import (
     ClosedHandleError,
     ForeignHostError,
@@ -118,6 +118,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _manager: _keepers.ManagerLink | None = None
     _array: npt.NDArray[Any] | None = None  # built by the first as_array()
     _reduced: tuple[Any, ...] | None = None  # what __reduce__ returns, once built
+    _sending = False  # made by transfer(): pickles as a hand-over of ownership
+    _refused: Exception | None = None  # why a received hand-over failed: raised at first use
 
     _spec: _Spec  # what the handle is and pickles; everything above is this process's
 
@@ -692,6 +694,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         # executor's plumbing); the first use does, and checks what the pickle said.
         if self._closed:
             raise self._closed_error()
+        if self._refused is not None:
+            raise self._refused.with_traceback(None)
         name = self._spec.name  # validated by the cache before anything is opened
         try:
             mapped = _cache.attach(name, self._spec.identity, readonly=self._spec.readonly)
@@ -889,6 +893,78 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             elif self._finalizer is not None:
                 self._finalizer()  # _release()
 
+    def transfer(self) -> SharedMemoryArray[_ScalarT_co]:
+        """Hand the segment to whichever process unpickles the returned handle.
+
+        The way to give an array made in one process to another, for example
+        ``return out.transfer()`` from a pool task that made ``out`` with no
+        manager: the process that unpickles the returned handle becomes the
+        segment's owner (closing, garbage collection or exit there unlink it, and
+        its crash cleanup covers it), and this process never unlinks it again.
+
+        This handle is closed; arrays already taken from it stay valid.  The
+        returned handle still unlinks the segment if it is garbage collected, or
+        the process exits, before it was ever pickled.  Once pickled, the segment
+        is in flight: this process may exit at once (``maxtasksperchild``, a
+        shutdown) without removing it.  The receiver takes it atomically when it
+        unpickles the handle, by renaming it to a name of its own (`name` then
+        differs), so the handle can be received once: a second process unpickling
+        the same bytes gets a handle whose first use raises
+        `SegmentNotFoundError`; unpickling itself never fails.  A segment sent but
+        never received (the receiver died, the message was dropped) is abandoned:
+        the ``clean`` command removes it once this process has exited.
+
+        Returns
+        -------
+        SharedMemoryArray
+            A handle that is not an owner here and pickles as a hand-over.
+
+        Raises
+        ------
+        NotOwnerError
+            This handle is not the owner, or it was made with a manager (the
+            manager keeps the segments it was given).
+        ClosedHandleError
+            The handle was closed.
+
+        Notes
+        -----
+        Linux only: the hand-over renames the segment, which macOS cannot do
+        (there the receiver's first use raises ``OSError``).
+
+        Examples
+        --------
+        >>> import pickle
+        >>> import numpy as np
+        >>> from shared_memory_array import SharedMemoryArray
+        >>> made = SharedMemoryArray.copy(None, np.arange(3.0))
+        >>> sent = pickle.dumps(made.transfer())  # what a pool does with a result
+        >>> received = pickle.loads(sent)  # in the receiving process: the owner now
+        >>> received.owner, received.as_array().tolist()
+        (True, [0.0, 1.0, 2.0])
+        >>> received.close()
+        """
+        if self._closed:
+            raise self._closed_error()
+        if not self.owner or self._manager is not None:
+            raise NotOwnerError(
+                f"shared array {self._spec.name!r} can only be transferred by its owner "
+                "handle, in the process that owns it, and when it was made without a manager",
+                segment=self._spec.name,
+            )
+        spec = self._spec
+        with _interrupts.deferred():  # in between, nobody would unlink it
+            if self._finalizer is not None:
+                self._finalizer.cancel()
+            self._finalizer, self._owner_pid = None, 0
+            self._close(owner=False)
+            sent = type(self)._make(spec, None)
+            sent._sending = True
+            sent._finalizer = util.Finalize(
+                sent, _release, args=(spec.name, os.getpid(), spec.identity), exitpriority=-1
+            )
+        return sent
+
     @contextlib.contextmanager
     def managed(self: _Handle) -> Iterator[_Handle]:
         """Context manager that yields the handle and closes it on exit."""
@@ -921,6 +997,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         the segment if there is one, and is not checked for trust as `attach` is:
         it carries its segment's identity and refuses any other.
         """
+        if self._sending:
+            return self._reduce_sending()
         # Built once per handle: a pool pickles the same handle for every task, in
         # the parent's one task-feeding thread.
         reduced = self._reduced
@@ -938,6 +1016,18 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             )
             reduced = self._reduced = (_rebuild, args)
         return reduced
+
+    def _reduce_sending(self) -> tuple[Any, ...]:
+        """Pickle a handle made by `transfer`: from now on its segment is in flight."""
+        name, (shape, dtype, fortran, _), _, identity, _, host = self._spec
+        with _interrupts.deferred():
+            finalizer, self._finalizer = self._finalizer, None
+            if finalizer is not None and finalizer.still_active():
+                finalizer.cancel()
+                _keepers.unregister_creator(name)  # the receiver's tracker takes over
+        assert identity is not None  # an owner's handle knows its segment
+        args = (name, shape, _layout.dtype_token(dtype), fortran, tuple(identity), host or host_key())
+        return (_receive, args)
 
     @property
     def readonly(self) -> bool:
@@ -1152,5 +1242,31 @@ def _rebuild(
     return SharedMemoryArray._make(_Spec(name, layout, part, identity, readonly, host), None)
 
 
-_rebuild.__module__ = "shared_memory_array"
+def _receive(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any] | str,
+    fortran: bool,
+    identity: tuple[int, ...],
+    host: str | None = None,
+) -> SharedMemoryArray[Any]:
+    """Unpickle a handle made by `SharedMemoryArray.transfer`: this process takes the
+    segment and owns the handle.  Never raises: a failure is raised at first use."""
+    handle = _rebuild(name, shape, dtype, fortran, None, identity, False, host)
+    spec = handle._spec
+    assert spec.identity is not None
+    try:
+        with _interrupts.deferred():  # in between, nobody would unlink it
+            new = _transfer.claim(name, spec.identity)
+            handle._spec = spec._replace(name=new)
+            handle._owner_pid = os.getpid()
+            handle._finalizer = util.Finalize(
+                handle, _release, args=(new, os.getpid(), spec.identity), exitpriority=-1
+            )
+    except Exception as exc:  # an error here would kill a pool's result thread
+        handle._refused = exc
+    return handle
+
+
+_rebuild.__module__ = _receive.__module__ = "shared_memory_array"
 rebuild = _rebuild  # for other modules; pickles name it _rebuild

@@ -58,6 +58,16 @@ _MAX_DESCRIPTION = 1 << 20
 
 ShapeLike = Union[int, Sequence[int]]
 
+# Where the keeper's pid lies, in headers of every format (see `encode`): a segment
+# handed to another process (`SharedMemoryArray.transfer`) records its new keeper.
+KEEPER_OFFSET = struct.calcsize("<8sHHIIQQI")
+_KEEPER = struct.Struct("<I")
+
+
+def keeper_field(pid: int) -> bytes:
+    """The header bytes at `KEEPER_OFFSET` that name ``pid`` as a segment's keeper."""
+    return _KEEPER.pack(pid)
+
 
 class Layout(NamedTuple):
     """Where an array lives in a segment and how to read it."""

@@ -140,21 +140,27 @@ def _unmapped_when_unused(mapping: _Mapping, address: int, length: int) -> None:
             _prune_at = max(64, 2 * len(_unmappers))
 
 
-def _map(fd: int, size: int, writable: bool) -> Bytes:
+def _map(fd: int, size: int, writable: bool, private: bool = False) -> Bytes:
+    """Map ``fd``'s first ``size`` bytes; ``private``: writable, copy-on-write
+    (``MAP_PRIVATE``), so writes stay in this mapping and never reach the segment."""
     if size == 0:  # mmap rejects empty mappings; an empty array needs none
         return np.empty(0, dtype=np.uint8)
     if _MMAP_KEEPS_NO_FD:
         # Unmapped in C when the last array over it dies, like the weak reference
         # below, and about 25,000 instructions cheaper than the ctypes calls.
-        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        if private:
+            access = mmap.ACCESS_COPY
+        else:
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
         region = mmap.mmap(fd, size, access=access, trackfd=False)  # type: ignore[call-arg,unused-ignore]
         return np.frombuffer(region, dtype=np.uint8)
-    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    address = _libc_mmap(None, size, prot, mmap.MAP_SHARED, fd, 0)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable or private else 0)
+    flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
+    address = _libc_mmap(None, size, prot, flags, fd, 0)
     if address is None or address == _MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    mapping = _Mapping(address, size, not writable)
+    mapping = _Mapping(address, size, not (writable or private))
     _unmapped_when_unused(mapping, address, size)
     return np.asarray(mapping)
 
@@ -529,24 +535,26 @@ def _check_trusted(name: str, st: os.stat_result) -> None:
 
 
 def open_existing(
-    name: str, *, writable: bool = True, trusted_only: bool = False
+    name: str, *, writable: bool = True, trusted_only: bool = False, private: bool = False
 ) -> tuple[Bytes, Identity, bytes]:
     """Map the whole of existing segment ``name``.
 
     Returns the mapping, the segment's identity, and its first bytes: its whole
     header if it has one (see `_layout.decode`).  With ``trusted_only``, a segment
     another user owns, or others may write to, raises `UntrustedSegmentError`.
+    A ``private`` mapping is writable and copy-on-write: the segment is opened
+    read-only, and writes through the mapping stay in this process.
 
     A segment not made by this library may be sparse (``SharedMemory`` only calls
     ``ftruncate``); its pages are reserved here, so using the mapping cannot SIGBUS
     when ``/dev/shm`` fills up (tmpfs allocates a page even on a read of a hole).
     """
-    fd, st = open_file(name, writable=writable)
+    fd, st = open_file(name, writable=writable and not private)
     try:
         if trusted_only:
             _check_trusted(name, st)
         size = st.st_size
-        segment = _map(fd, size, writable)
+        segment = _map(fd, size, writable, private)
         try:
             head, header_length = _read_head(fd, segment)
             if size and not header_length and st.st_blocks * 512 < size:
@@ -578,6 +586,24 @@ def _reserve_sparse(fd: int, name: str, size: int, committed: int) -> None:
         raise
     finally:
         os.close(writable)
+
+
+def rename(name: str, new: str) -> None:
+    """Give segment ``name`` the unused name ``new``, atomically: of two processes
+    renaming one segment, one succeeds and the other gets `SegmentNotFoundError`.
+
+    Linux only (macOS has no way to rename a POSIX shared memory object).
+    """
+    if not _ON_LINUX:  # pragma: no cover - macOS
+        raise OSError(errno.ENOTSUP, "renaming a shared memory segment needs Linux", name)
+    try:
+        os.rename(_path(name), _path(new))
+    except FileNotFoundError:
+        raise SegmentNotFoundError(
+            f"no shared memory segment named {name!r} (never created, already unlinked, "
+            "or renamed)",
+            segment=name,
+        ) from None
 
 
 def unlink(name: str) -> bool:

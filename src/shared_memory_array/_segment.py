@@ -38,6 +38,7 @@ from ._posix import (
     names,
     open_existing,
     open_file,
+    rename,
     reserve,
     side_file,
     unlink,
@@ -59,9 +60,10 @@ class Backend(Protocol):
         publish it only once complete: no process ever attaches it half written."""
 
     def open_existing(
-        self, name: str, *, writable: bool, trusted_only: bool
+        self, name: str, *, writable: bool, trusted_only: bool, private: bool
     ) -> tuple[Bytes, Identity, bytes]:
-        """Map a whole segment for use: the mapping, its identity and its first bytes."""
+        """Map a whole segment for use: the mapping, its identity and its first bytes;
+        ``private``: a copy-on-write mapping whose writes stay in this process."""
 
     def open_file(self, name: str, *, writable: bool) -> tuple[int, os.stat_result]:
         """Open a segment without mapping it (for locks and inspection)."""
@@ -80,6 +82,9 @@ class Backend(Protocol):
 
     def holders(self) -> dict[str, list[int]]:
         """The pids that have each segment mapped or open."""
+
+    def rename(self, name: str, new: str) -> None:
+        """Move a segment to an unused name, atomically (how `transfer` hands it over)."""
 
     def unlink(self, name: str) -> bool:
         """Remove a segment's name; False if it was gone already."""
@@ -104,6 +109,7 @@ __all__ = [
     "names",
     "open_existing",
     "open_file",
+    "rename",
     "reserve",
     "side_file",
     "unlink",

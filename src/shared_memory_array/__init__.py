@@ -27,9 +27,11 @@ from ._errors import (
     UntrustedSegmentError,
 )
 from ._functions import empty, share, zeros
+from ._futures import ProcessPoolExecutor
 from ._inspect import SegmentInfo, clean_segments, list_segments, segment_info
 from ._lock import SegmentLock
 from ._manager import SharedMemoryManager
+from ._pool import Pool
 from ._version import __version__
 
 SharedArray = SharedMemoryArray
@@ -43,6 +45,8 @@ __all__ = [
     "LockTimeoutError",
     "NotOwnerError",
     "OutOfSharedMemoryError",
+    "Pool",
+    "ProcessPoolExecutor",
     "ReleasedError",
     "SegmentExistsError",
     "SegmentInfo",

@@ -71,6 +71,17 @@ def register_creator(name: str) -> None:
         resource_tracker.register("/" + name, "shared_memory")
 
 
+def start_tracker() -> None:
+    """Start this process's resource tracker now, before it starts workers.
+
+    A child started by ``fork`` shares its parent's tracker only if the parent had
+    one then; otherwise each child starts its own, which unlinks what the child
+    registered as soon as the child exits, and which the parent cannot reach.
+    """
+    if _POSIX:
+        resource_tracker.ensure_running()
+
+
 def unregister_creator(name: str) -> None:
     """Undo `register_creator` once the creator has unlinked ``name`` itself."""
     if _POSIX:

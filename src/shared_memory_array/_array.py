@@ -1026,8 +1026,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 finalizer.cancel()
                 _keepers.unregister_creator(name)  # the receiver's tracker takes over
         assert identity is not None  # an owner's handle knows its segment
-        args = (name, shape, _layout.dtype_token(dtype), fortran, tuple(identity), host or host_key())
-        return (_receive, args)
+        token = _layout.dtype_token(dtype)
+        return (_receive, (name, shape, token, fortran, tuple(identity), host or host_key()))
 
     @property
     def readonly(self) -> bool:

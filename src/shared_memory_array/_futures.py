@@ -1,4 +1,4 @@
-"""`ProcessPoolExecutor`: ``concurrent.futures``' executor, with large arrays through shared memory."""
+"""`ProcessPoolExecutor`: the standard one, with large arrays through shared memory."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ class _Relay(Future):  # type: ignore[type-arg]
         return not self.done() and self._inner.running()
 
 
-def _settle(relay: _Relay, arguments: _offload.Arguments, holds: list[str], inner: Future[Any]) -> None:
+def _settle(
+    relay: _Relay, arguments: _offload.Arguments, holds: list[str], inner: Future[Any]
+) -> None:
     arguments.release(holds)
     if inner.cancelled():
         Future.cancel(relay)
@@ -115,7 +117,8 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
                 raise TypeError("max_tasks_per_child needs Python 3.11 or later")
             extra["max_tasks_per_child"] = max_tasks_per_child
         _keepers.start_tracker()  # before any worker: they must share it
-        super().__init__(max_workers, mp_context, initializer, initargs, **extra)
+        start = functools.partial(_offload.start_worker, initializer)
+        super().__init__(max_workers, mp_context, start, initargs, **extra)
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``, its large arrays through shared memory."""

@@ -17,6 +17,8 @@ meanwhile, the tracker removes it (see `_keepers.start_tracker`).
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 from collections.abc import Callable
@@ -230,11 +232,39 @@ def check(value: Any) -> Any:
 # ---------------------------------------------------------------- the worker's side
 
 
-class Call(NamedTuple):
+def start_worker(initializer: Callable[..., object] | None, *initargs: Any) -> None:
+    """A pool worker's initializer: leave when the parent dies, then run the user's.
+
+    The standard pools' workers wait for their next task forever once their
+    parent is killed (their siblings hold the task queue open), and so would the
+    resource tracker they share, which removes the parent's segments only once
+    every process using it has exited.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        watch = threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True)
+        watch.name = "shared-memory-array-watch"
+        watch.start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _exit_with(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
+class Call:
     """A task's function as a worker runs it: arguments mapped, large results shipped."""
 
-    function: Callable[..., Any]
-    min_bytes: int
+    __slots__ = ("function", "min_bytes")
+
+    def __init__(self, function: Callable[..., Any], min_bytes: int) -> None:
+        self.function = function
+        self.min_bytes = min_bytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Call, (self.function, self.min_bytes))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         mapped: dict[str, np.ndarray[Any, Any]] = {}  # one copy per argument per task
@@ -248,12 +278,12 @@ class Call(NamedTuple):
         args = _replace(args, (Argument,), arrive)
         kwargs = _replace(kwargs, (Argument,), arrive)
         result = self.function(*args, **kwargs)
-        del args, kwargs, mapped  # the task's copies go before its result is copied out
+        del args, kwargs  # what the task no longer holds goes before its result is copied
         return ship(result, self.min_bytes)
 
 
 def ship(value: Any, min_bytes: int) -> Any:
     """``value`` with each large array replaced by a `Result` whose segment holds it."""
-    return _replace(value, _PLAIN, lambda array: _ship(array) if _shareable(array, min_bytes) else array)
-
-
+    return _replace(
+        value, _PLAIN, lambda array: _ship(array) if _shareable(array, min_bytes) else array
+    )

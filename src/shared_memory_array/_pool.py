@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.pool
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -70,7 +71,9 @@ class AsyncResult:
 class _Results(Iterator[Any]):
     """What `Pool.imap` returns: the results in turn, its arguments released at the end."""
 
-    def __init__(self, inner: Iterator[Any], arguments: _offload.Arguments, holds: list[str]) -> None:
+    def __init__(
+        self, inner: Iterator[Any], arguments: _offload.Arguments, holds: list[str]
+    ) -> None:
         self._inner, self._arguments, self._holds = inner, arguments, holds
 
     def __next__(self) -> Any:
@@ -128,13 +131,14 @@ class Pool(multiprocessing.pool.Pool):
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
         _keepers.start_tracker()  # before any worker: they must share it
-        super().__init__(processes, initializer, initargs, maxtasksperchild, context)
+        start = functools.partial(_offload.start_worker, initializer)
+        super().__init__(processes, start, initargs, maxtasksperchild, context)
 
     def apply_async(  # type: ignore[override]
         self,
         func: Callable[..., Any],
         args: Iterable[Any] = (),
-        kwds: Mapping[str, Any] = {},  # noqa: B006  (multiprocessing's signature)
+        kwds: Mapping[str, Any] = {},
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> AsyncResult:
@@ -150,7 +154,7 @@ class Pool(multiprocessing.pool.Pool):
             raise
         return AsyncResult(inner, settled)
 
-    def _map_async(  # type: ignore[override]
+    def _map_async(
         self,
         func: Callable[..., Any],
         iterable: Iterable[Any],
@@ -174,7 +178,9 @@ class Pool(multiprocessing.pool.Pool):
             raise
         return AsyncResult(inner, settled)
 
-    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:  # type: ignore[override]
+    def imap(  # type: ignore[override]
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
+    ) -> Iterator[Any]:
         """As ``multiprocessing.pool.Pool.imap``."""
         return self._lazily(super().imap, func, iterable, chunksize)
 

@@ -1,0 +1,166 @@
+"""transfer(): a segment made in one process becomes the property of the one that receives it."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import signal
+
+import numpy as np
+import pytest
+
+from helpers import run_python
+from shared_memory_array import (
+    NotOwnerError,
+    SegmentNotFoundError,
+    SharedMemoryArray,
+    SharedMemoryManager,
+    clean_segments,
+    segment_info,
+)
+
+SHM = "/dev/shm"
+
+
+def made_in_worker(value: int) -> SharedMemoryArray:
+    """A pool task: make an array with no manager and hand it to the caller."""
+    out = SharedMemoryArray.allocate(None, (1000,), np.int64)
+    out.as_array()[:] = value
+    return out.transfer()
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(os.path.join(SHM, name))
+
+
+def test_pool_workers_hand_their_arrays_to_the_parent(context):
+    # maxtasksperchild=1: each worker exits right after sending its result
+    with context.Pool(2, maxtasksperchild=1) as pool:
+        received = pool.map(made_in_worker, range(6))
+    assert [int(handle.as_array()[0]) for handle in received] == list(range(6))
+    assert all(handle.owner for handle in received)
+    assert all(segment_info(handle.name).keeper_pid == os.getpid() for handle in received)
+    names = [handle.name for handle in received]
+    for handle in received:
+        handle.close()
+    assert not any(exists(name) for name in names)
+
+
+def test_process_pool_executor_results_are_received_once(context):
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=context) as executor:
+        handle = executor.submit(made_in_worker, 7).result()
+    with handle:
+        assert handle.owner and handle.as_array().sum() == 7000
+
+
+def test_a_second_receiver_fails_at_first_use_not_at_unpickling():
+    sent = pickle.dumps(SharedMemoryArray.copy(None, np.arange(5.0)).transfer())
+    first = pickle.loads(sent)
+    second = pickle.loads(sent)  # unpickling never raises
+    assert first.owner and not second.owner
+    with pytest.raises(SegmentNotFoundError, match="received already"):
+        second.as_array()
+    assert first.as_array().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    first.close()
+    assert not exists(first.name)
+
+
+def test_the_sender_is_closed_and_never_unlinks():
+    made = SharedMemoryArray.copy(None, np.ones(3))
+    view = made.as_array()
+    sent = made.transfer()
+    assert made.closed and not made.owner and not sent.owner
+    assert view.sum() == 3.0  # arrays taken before stay valid
+    made.close()
+    received = pickle.loads(pickle.dumps(sent))
+    del sent
+    gc.collect()
+    assert exists(received.name)
+    received.close()
+    assert not exists(received.name)
+
+
+def test_a_transfer_never_pickled_is_unlinked_when_collected():
+    made = SharedMemoryArray.copy(None, np.ones(3))
+    name = made.name
+    sent = made.transfer()
+    assert exists(name)
+    del sent
+    gc.collect()
+    assert not exists(name)
+
+
+def test_only_an_owner_made_without_a_manager_can_transfer():
+    with SharedMemoryArray.copy(None, np.ones(3)) as made:
+        attached = SharedMemoryArray.attach(made.name)
+        with pytest.raises(NotOwnerError, match="transferred by its owner"):
+            attached.transfer()
+        with pytest.raises(NotOwnerError):
+            made[1:].transfer()
+        attached.close()
+    with SharedMemoryManager() as manager:
+        kept = SharedMemoryArray.copy(manager, np.ones(3))
+        with pytest.raises(NotOwnerError, match="without a manager"):
+            kept.transfer()
+        kept.close()
+
+
+def test_a_separate_interpreter_receives_and_owns_it(tmp_path):
+    made = SharedMemoryArray.copy(None, np.arange(4.0))
+    (tmp_path / "sent").write_bytes(pickle.dumps(made.transfer()))
+    result = run_python(
+        """
+        import os, pickle, sys
+        handle = pickle.loads(open(sys.argv[1], "rb").read())
+        print(handle.owner, handle.as_array().sum(), handle.name, flush=True)
+        """,
+        str(tmp_path / "sent"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    owner, total, name = result.stdout.split()
+    assert (owner, total) == ("True", "6.0")
+    assert not exists(name)  # the receiver unlinked it at exit
+    assert not exists(made.name)
+
+
+def test_a_segment_sent_but_never_received_is_cleaned_once_the_sender_has_gone(tmp_path):
+    result = run_python(
+        """
+        import pickle, sys
+        import numpy as np
+        from shared_memory_array import SharedMemoryArray
+        sent = SharedMemoryArray.copy(None, np.ones(3)).transfer()
+        open(sys.argv[1], "wb").write(pickle.dumps(sent))
+        print(sent.name)
+        """,
+        str(tmp_path / "sent"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    name = result.stdout.strip()
+    assert exists(name)  # in flight: the sender's exit left it
+    assert name in [info.name for info in clean_segments()]
+    late = pickle.loads((tmp_path / "sent").read_bytes())
+    with pytest.raises(SegmentNotFoundError):
+        late.as_array()
+
+
+def test_a_killed_receiver_leaves_nothing(tmp_path):
+    made = SharedMemoryArray.copy(None, np.ones(3))
+    (tmp_path / "sent").write_bytes(pickle.dumps(made.transfer()))
+    result = run_python(
+        """
+        import os, pickle, signal, sys
+        handle = pickle.loads(open(sys.argv[1], "rb").read())
+        print(handle.name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        str(tmp_path / "sent"),
+    )
+    assert result.returncode == -signal.SIGKILL
+    # its resource tracker removes it (the leak check waits for that)
+    assert result.stdout.strip().startswith("sma_")

@@ -64,6 +64,13 @@ def kill_self(_: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def own_then_die(_: object) -> None:
+    """A worker killed with a segment of its own, registered for crash cleanup."""
+    kept = shared_memory_array.SharedMemoryArray.copy(None, big())
+    os.kill(os.getpid(), signal.SIGKILL)
+    kept.close()  # never reached
+
+
 def fail(array: np.ndarray) -> None:
     raise ValueError(f"task saw {array.size} elements")
 
@@ -228,6 +235,17 @@ def test_a_killed_worker_breaks_the_pool_and_leaves_nothing(context):
     with pytest.raises(concurrent.futures.process.BrokenProcessPool):
         executor.submit(kill_self, big()).result()
     executor.shutdown()
+
+
+def test_what_a_killed_worker_owned_is_removed_at_shutdown(context):
+    executor = ProcessPoolExecutor(1, mp_context=context)
+    with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+        executor.submit(own_then_die, None).result()
+    executor.shutdown()  # not at this process's exit, by the resource tracker
+    pool = Pool(1, context=context)
+    pool.apply_async(own_then_die, (None,))  # the pool replaces the worker; the call never ends
+    time.sleep(0.5)
+    pool.terminate()
 
 
 def test_cancelled_futures_and_a_shutdown_without_waiting_leave_nothing():

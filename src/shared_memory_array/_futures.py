@@ -111,6 +111,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
         self._batches = threading.local()
+        self._workers: set[int] = set()  # every worker's pid, for `_offload.sweep`
         extra: dict[str, Any] = {}
         if max_tasks_per_child is not None:
             if sys.version_info < (3, 11):
@@ -131,6 +132,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         except BaseException:
             self._arguments.release(holds)
             raise
+        self._note_workers()
         relay = _Relay(inner)
         inner.add_done_callback(functools.partial(_settle, relay, self._arguments, holds))
         return relay
@@ -153,7 +155,15 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As ``concurrent.futures.ProcessPoolExecutor.shutdown``; with ``wait``,
-        every argument's segment is gone when it returns."""
+        every argument's segment is gone when it returns, and so is whatever
+        workers killed meanwhile left in shared memory."""
+        self._note_workers()
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             self._arguments.close()
+            _offload.sweep(self._workers)
+
+    def _note_workers(self) -> None:
+        processes = self._processes
+        if processes:
+            self._workers.update(list(processes))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -270,6 +271,28 @@ def clean_segments(dry_run: bool = False) -> list[SegmentInfo]:
     if dry_run:
         return abandoned
     return [info for info in abandoned if _unlink_if_unheld(info.name)]
+
+
+def clean_left_by(pids: Collection[int]) -> list[SegmentInfo]:
+    """Unlink the abandoned segments and drafts that processes ``pids`` made, with
+    generated names; return them.  What `clean_segments` does, for a pool's dead
+    workers, reading only the names that carry their pids."""
+    if not pids or not sys.platform.startswith("linux"):
+        return []
+    mine = []
+    for name in _segment.names():
+        draft = _namespace.parse_draft(name)
+        if (draft.pid if draft is not None else _names.maker(name)) in pids:
+            mine.append(name)
+    if not mine:
+        return []
+    mappers = _segment.holders()
+    infos = (_read(name, mappers) for name in mine)
+    return [
+        info
+        for info in infos
+        if info is not None and info.abandoned and _unlink_if_unheld(info.name)
+    ]
 
 
 def _unlink_if_unheld(name: str) -> bool:

@@ -23,6 +23,15 @@ def generate() -> str:
     return f"{PREFIX}{os.getpid()}_{secrets.token_hex(8)}"
 
 
+_GENERATED = re.compile(rf"{PREFIX}(\d+)_[0-9a-f]{{16}}\Z")
+
+
+def maker(name: str) -> int | None:
+    """The pid in a name `generate` made (its creator's), else None."""
+    found = _GENERATED.match(name)
+    return None if found is None else int(found[1])
+
+
 def validate(name: object) -> str:
     """Return ``name`` if it is a portable segment name, else raise `InvalidNameError`.
 

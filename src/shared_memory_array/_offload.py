@@ -21,12 +21,12 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _cache, _interrupts, _keepers, _layout, _names, _segment, _write
+from . import _cache, _inspect, _interrupts, _keepers, _layout, _names, _segment, _write
 from ._array import SharedMemoryArray
 from ._errors import SegmentNotFoundError, UnsupportedDtypeError
 
@@ -227,6 +227,18 @@ def check(value: Any) -> Any:
 
     _replace(value, (Lost,), found)
     return value
+
+
+def sweep(pids: Collection[int]) -> None:
+    """Remove what dead workers ``pids`` left: a result made but never sent, a segment
+    half made (killed meanwhile), or anything else they owned.
+
+    Their other segments were registered with the resource tracker they shared
+    with this process, which would remove them only when this process exits.
+    """
+    for info in _inspect.clean_left_by(pids):
+        if not info.draft:
+            _keepers.unregister_creator(info.name)
 
 
 # ---------------------------------------------------------------- the worker's side

@@ -130,6 +130,7 @@ class Pool(multiprocessing.pool.Pool):
         min_bytes: int = _offload.DEFAULT_MIN_BYTES,
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
+        self._workers: set[int] = set()  # every worker's pid, for `_offload.sweep`
         _keepers.start_tracker()  # before any worker: they must share it
         start = functools.partial(_offload.start_worker, initializer)
         super().__init__(processes, start, initargs, maxtasksperchild, context)
@@ -152,6 +153,7 @@ class Pool(multiprocessing.pool.Pool):
         except BaseException:
             self._arguments.release(holds)
             raise
+        self._note_workers()
         return AsyncResult(inner, settled)
 
     def _map_async(
@@ -176,6 +178,7 @@ class Pool(multiprocessing.pool.Pool):
         except BaseException:
             self._arguments.release(batch.holds)
             raise
+        self._note_workers()
         return AsyncResult(inner, settled)
 
     def imap(  # type: ignore[override]
@@ -204,14 +207,26 @@ class Pool(multiprocessing.pool.Pool):
                 yield self._arguments.share(item, batch.holds, batch)
 
         call = _offload.Call(func, self._arguments.min_bytes)
+        self._note_workers()
         return _Results(method(call, items(), chunksize), self._arguments, batch.holds)
 
     def terminate(self) -> None:
-        """As ``multiprocessing.pool.Pool.terminate``; every argument's segment goes too."""
+        """As ``multiprocessing.pool.Pool.terminate``; every argument's segment goes
+        too, and whatever the workers left in shared memory as they were stopped."""
+        self._note_workers()
         super().terminate()
-        self._arguments.close()
+        self._cleared()
 
     def join(self) -> None:
-        """As ``multiprocessing.pool.Pool.join``; every argument's segment goes too."""
+        """As ``multiprocessing.pool.Pool.join``; every argument's segment goes too,
+        and whatever workers killed meanwhile left in shared memory."""
+        self._note_workers()
         super().join()
+        self._cleared()
+
+    def _note_workers(self) -> None:
+        self._workers.update(process.pid for process in list(self._pool) if process.pid)  # type: ignore[attr-defined]
+
+    def _cleared(self) -> None:
         self._arguments.close()
+        _offload.sweep(self._workers)

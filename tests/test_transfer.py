@@ -164,3 +164,38 @@ def test_a_killed_receiver_leaves_nothing(tmp_path):
     assert result.returncode == -signal.SIGKILL
     # its resource tracker removes it (the leak check waits for that)
     assert result.stdout.strip().startswith("sma_")
+
+
+def receive_and_close(connection) -> None:
+    """In a child: take the handle from a pipe, use it, close it, say what it saw."""
+    handle = connection.recv()
+    name = handle.name
+    facts = (handle.owner, float(handle.as_array().sum()))
+    handle.close()
+    connection.send((*facts, exists(name)))
+
+
+def test_a_pipe_hands_it_to_a_child(context):
+    ours, theirs = context.Pipe()
+    child = context.Process(target=receive_and_close, args=(theirs,))
+    child.start()
+    theirs.close()
+    made = SharedMemoryArray.copy(None, np.arange(4.0))
+    ours.send(made.transfer())
+    assert ours.recv() == (True, 6.0, False)
+    child.join(60)
+    ours.close()
+    assert child.exitcode == 0
+    assert not exists(made.name)
+
+
+def test_joblib_workers_hand_their_arrays_to_the_caller():
+    joblib = pytest.importorskip("joblib", reason="joblib is an optional test dependency")
+    from joblib.externals.loky import get_reusable_executor
+
+    received = joblib.Parallel(n_jobs=2)(joblib.delayed(made_in_worker)(i) for i in range(4))
+    get_reusable_executor().shutdown(wait=True)
+    assert [int(handle.as_array()[-1]) for handle in received] == [0, 1, 2, 3]
+    assert all(handle.owner for handle in received)
+    for handle in received:
+        handle.close()

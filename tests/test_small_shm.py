@@ -197,3 +197,31 @@ def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_drop_in_executors_fall_back_to_pickling_when_dev_shm_is_too_small():
+    result = run_in_small_shm(
+        """
+        import multiprocessing, os
+        import numpy as np
+        from shared_memory_array import Pool, ProcessPoolExecutor
+
+        def twice(array):
+            return array * 2
+
+        if __name__ == "__main__":
+            context = multiprocessing.get_context("fork")
+            large = np.ones(3 << 20)  # 24 MiB: no room in a 16 MiB /dev/shm
+            small = np.ones(1 << 18)  # 2 MiB: room
+            with ProcessPoolExecutor(1, mp_context=context) as executor:
+                doubled = list(executor.map(twice, [large, small]))
+            with Pool(1, context=context) as pool:
+                doubled += pool.map(twice, [large, small])
+            print([float(array.sum()) for array in doubled])
+            print(sorted(os.listdir("/dev/shm")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    large, small = 2.0 * (3 << 20), 2.0 * (1 << 18)
+    assert result.stdout.splitlines() == [str([large, small, large, small]), "[]"]

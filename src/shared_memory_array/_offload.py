@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _cache, _inspect, _interrupts, _keepers, _layout, _names, _segment, _write
 from ._array import SharedMemoryArray
-from ._errors import SegmentNotFoundError, UnsupportedDtypeError
+from ._errors import OutOfSharedMemoryError, SegmentNotFoundError, UnsupportedDtypeError
 
 DEFAULT_MIN_BYTES = 1 << 20
 _PLAIN = (np.ndarray, np.memmap)  # array types that are plain data: sent through memory
@@ -105,8 +105,8 @@ class Arguments:
             else:
                 try:
                     handle = SharedMemoryArray.copy(None, array)
-                except UnsupportedDtypeError:
-                    return array  # pickled as usual
+                except (UnsupportedDtypeError, OutOfSharedMemoryError):
+                    return array  # pickled as usual: a drop-in never fails where pickling works
                 argument = Argument(handle.name, type(array) is np.memmap)
                 with self._lock:
                     self._handles[handle.name] = handle
@@ -134,8 +134,12 @@ class Arguments:
         done = []
         with self._lock:
             for name in holds:
-                self._holds[name] -= 1
-                if not self._holds[name]:
+                count = self._holds.get(name)
+                if count is None:  # removed by close() already
+                    continue
+                if count > 1:
+                    self._holds[name] = count - 1
+                else:
                     del self._holds[name]
                     done.append(self._handles.pop(name))
             holds.clear()
@@ -185,18 +189,18 @@ class Lost(NamedTuple):
 
 def _ship(array: np.ndarray[Any, Any]) -> Any:
     """Copy a result's array into a new segment, registered for crash cleanup only."""
+    name = _names.generate()
     try:
         shape, dtype = _layout.normalize(array.shape, array.dtype)
-    except UnsupportedDtypeError:
-        return array
-    name = _names.generate()
-    with _interrupts.deferred():
-        mapped = _write.create(
-            name, shape, dtype, _layout.is_fortran(array), array, keeper=os.getpid()
-        )
-        _cache.forget(name)  # this process is done with it
-        _keepers.register_creator(name)
-    return Result(name, tuple(mapped.identity), type(array) is np.memmap)
+        with _interrupts.deferred():
+            made = _write.create(
+                name, shape, dtype, _layout.is_fortran(array), array, keeper=os.getpid()
+            )
+            _cache.forget(name)  # this process is done with it
+            _keepers.register_creator(name)
+    except (UnsupportedDtypeError, OutOfSharedMemoryError):
+        return array  # pickled as usual
+    return Result(name, tuple(made.identity), type(array) is np.memmap)
 
 
 def take(name: str, identity: tuple[int, ...], memmap: bool) -> Any:

@@ -168,10 +168,10 @@ class Pool(multiprocessing.pool.Pool):
         # map, starmap and their async forms all come here (CPython 3.9 to 3.13).
         self._check_running()  # type: ignore[attr-defined]
         batch = _offload.Batch()
-        items = self._arguments.share(list(iterable), batch.holds, batch)
         settled = _Settled(self._arguments, batch.holds, callback, error_callback)
         call = _offload.Call(mapper, self._arguments.min_bytes)  # a chunk's items share copies
         try:
+            items = self._arguments.share(list(iterable), batch.holds, batch)
             inner = super()._map_async(  # type: ignore[misc]
                 func, items, call, chunksize, settled.success, settled.failure
             )

@@ -263,10 +263,24 @@ def test_cancelled_futures_and_a_shutdown_without_waiting_leave_nothing():
     manager.join(60)
 
 
-def test_a_terminated_pool_leaves_nothing(context):
-    pool = Pool(1, context=context)
-    pool.map_async(slow, [(big(), 5)])
-    pool.apply_async(slow, (big(), 5))
+def started_then_slow(array: np.ndarray, marker: str) -> float:
+    """A task that says it has started, then takes long."""
+    open(marker, "w").close()
+    return slow(array, 30)
+
+
+def test_a_terminated_pool_leaves_nothing(context, tmp_path):
+    markers = [str(tmp_path / name) for name in ("one", "two", "three")]
+    pool = Pool(2, context=context)
+    pool.starmap_async(started_then_slow, [(big(), markers[0]), (big(), markers[1])])
+    pool.apply_async(started_then_slow, (big(), markers[2]))  # waits for a worker
+    # Stop the workers while they sleep in a task: stopping one in the middle of
+    # reading or writing the pool's queues leaves their shared lock taken, and
+    # any pool (multiprocessing's too) then hangs.
+    deadline = time.monotonic() + 30
+    while not all(os.path.exists(marker) for marker in markers[:2]):
+        assert time.monotonic() < deadline, "the tasks never started"
+        time.sleep(0.01)
     pool.terminate()
     pool.join()
 

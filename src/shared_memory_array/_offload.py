@@ -17,11 +17,14 @@ meanwhile, the tracker removes it (see `_keepers.start_tracker`).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.pool
 import os
+import pickle
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,6 +60,24 @@ def _shareable(array: np.ndarray[Any, Any], min_bytes: int) -> bool:
     return array.nbytes >= min_bytes and not array.dtype.hasobject
 
 
+def uses(items: Iterable[Any], min_bytes: int) -> dict[int, int]:
+    """How many of ``items`` each large array (by id) is in."""
+    counts: dict[int, int] = {}
+    found: set[int] = set()
+
+    def note(array: np.ndarray[Any, Any]) -> Any:
+        if _shareable(array, min_bytes):
+            found.add(id(array))
+        return array
+
+    for item in items:
+        _replace(item, _PLAIN, note)
+        for key in found:
+            counts[key] = counts.get(key, 0) + 1
+        found.clear()
+    return counts
+
+
 # ---------------------------------------------------------------- arguments
 
 
@@ -71,12 +92,23 @@ class Batch:
     """The arrays of one ``map``: each is copied once, however many tasks it is given to.
 
     Keyed by the array object; the batch keeps the arrays alive, so their ids are
-    not reused while it lasts, and holds their segments until `Arguments.release`.
+    not reused while it lasts, and holds their segments (``holds``) until it lets
+    go of them (`drop`, or `Arguments.release` of ``holds``).
     """
 
     def __init__(self) -> None:
         self.arrays: dict[int, tuple[np.ndarray[Any, Any], Argument]] = {}
         self.holds: list[str] = []
+        self.used: list[int] = []  # the arrays (keys) of the last `Arguments.share`
+
+    def drop(self, keys: Iterable[int], arguments: Arguments) -> None:
+        """Let go of these arrays: their segments go once no task given them is out."""
+        names = []
+        for key in keys:
+            _, argument = self.arrays.pop(key)
+            self.holds.remove(argument.name)
+            names.append(argument.name)
+        arguments.release(names)
 
 
 class Arguments:
@@ -94,40 +126,50 @@ class Arguments:
         self._handles: dict[str, SharedMemoryArray[Any]] = {}
 
     def share(self, value: Any, holds: list[str], batch: Batch | None = None) -> Any:
-        """``value`` with each large array replaced by an `Argument`, held by ``holds``."""
+        """``value`` with each large array replaced by an `Argument`, held by ``holds``;
+        arrays new to ``batch`` are held by it too."""
+        before = len(holds)
+        if batch is not None:
+            batch.used = []
 
         def swap(array: np.ndarray[Any, Any]) -> Any:
             if not _shareable(array, self.min_bytes):
                 return array
             known = None if batch is None else batch.arrays.get(id(array))
             if known is not None:
-                argument = known[1]
-            else:
-                try:
-                    handle = SharedMemoryArray.copy(None, array)
-                except (UnsupportedDtypeError, OutOfSharedMemoryError):
-                    return array  # pickled as usual: a drop-in never fails where pickling works
-                argument = Argument(handle.name, type(array) is np.memmap)
+                assert batch is not None
+                batch.used.append(id(array))
                 with self._lock:
-                    self._handles[handle.name] = handle
-                    self._holds[handle.name] = 0
+                    self._take(known[1].name, holds)
+                return known[1]
+            try:
+                handle = SharedMemoryArray.copy(None, array)
+            except (UnsupportedDtypeError, OutOfSharedMemoryError):
+                return array  # pickled as usual: a drop-in never fails where pickling works
+            argument = Argument(handle.name, type(array) is np.memmap)
+            with self._lock:
+                self._handles[handle.name] = handle
+                self._holds[handle.name] = 0
+                self._take(argument.name, holds)
                 if batch is not None:
                     batch.arrays[id(array)] = (array, argument)
-                    self._hold(argument.name, batch.holds)
-            self._hold(argument.name, holds)
+                    batch.used.append(id(array))
+                    self._take(argument.name, batch.holds)
             return argument
 
         try:
             return _replace(value, _PLAIN, swap)
         except BaseException:
-            self.release(holds)
+            added = holds[before:]
+            del holds[before:]
+            self.release(added)
             raise
 
-    def _hold(self, name: str, holds: list[str]) -> None:
+    def _take(self, name: str, holds: list[str]) -> None:
+        """Count ``holds`` among the holders of ``name``; call with the lock held."""
         if name not in holds:
             holds.append(name)
-            with self._lock:
-                self._holds[name] += 1
+            self._holds[name] += 1
 
     def release(self, holds: list[str]) -> None:
         """Let go of what ``holds`` held: segments nothing else holds are removed."""
@@ -243,6 +285,86 @@ def sweep(pids: Collection[int]) -> None:
     for info in _inspect.clean_left_by(pids):
         if not info.draft:
             _keepers.unregister_creator(info.name)
+
+
+# ---------------------------------------------------------------- tickets
+
+# What to do when the result of a map-family task arrives, by ticket number: a
+# map's items are shared as the pool sends them, and let go as their results
+# come back (see `_pool`).  Plain dict operations: safe from any thread.
+_tickets: dict[int, Callable[[int], None]] = {}
+_ticket_numbers = itertools.count()
+
+
+def issue(arrived: Callable[[int], None]) -> int:
+    """A ticket for one task: ``arrived(number)`` runs when its `Receipt` is unpickled here."""
+    number = next(_ticket_numbers)
+    _tickets[number] = arrived
+    return number
+
+
+def cancel(number: int) -> bool:
+    """Forget a ticket; whether it was still waiting for its task's result."""
+    return _tickets.pop(number, None) is not None
+
+
+def redeem(number: int) -> int:
+    """Unpickle a `Receipt`, in the pool's result thread: never raises."""
+    arrived = _tickets.pop(number, None)
+    if arrived is not None:
+        arrived(number)
+    return number
+
+
+class Receipt(NamedTuple):
+    """What a worker sends back with a ticketed task's result."""
+
+    number: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (redeem, (self.number,))
+
+
+class Raised(NamedTuple):
+    """A ticketed task's exception, sent back as its value (see `Ticketed`)."""
+
+    error: BaseException
+
+
+def unpack(pairs: list[tuple[int, Any]]) -> list[Any]:
+    """The values of ``(ticket, value)`` pairs; raise the first task's exception, if any."""
+    values = [value for _, value in pairs]
+    for value in values:
+        if type(value) is Raised:
+            raise value.error
+    check(values)
+    return values
+
+
+class Ticketed:
+    """A map-family task's function: called with ``(ticket, item)``, returns
+    ``(Receipt, value)``, its exception as a `Raised` value so the receipt comes back."""
+
+    __slots__ = ("function", "star")
+
+    def __init__(self, function: Callable[..., Any], star: bool) -> None:
+        self.function = function
+        self.star = star
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Ticketed, (self.function, self.star))
+
+    def __call__(self, ticketed: tuple[int, Any]) -> tuple[Receipt, Any]:
+        number, item = ticketed
+        try:
+            value = self.function(*item) if self.star else self.function(item)
+        except Exception as exc:
+            try:
+                pickle.dumps(exc)
+            except Exception as problem:  # as multiprocessing reports it
+                exc = multiprocessing.pool.MaybeEncodingError(problem, exc)  # type: ignore[attr-defined]
+            value = Raised(exc)
+        return Receipt(number), value
 
 
 # ---------------------------------------------------------------- the worker's side

@@ -4,46 +4,127 @@ from __future__ import annotations
 
 import functools
 import multiprocessing.pool
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from . import _keepers, _offload
 
 
+class _Feed:
+    """A map-family call's items, shared as the pool's task thread takes them.
+
+    At most ``window`` items are out (shared, their results not back yet), as
+    when pickling them through the pool's pipe stalls until a worker reads it:
+    a stream of large arrays never fills shared memory.  An array is copied
+    once, and its segment goes once no later item will use it (known for a
+    list; for an iterator, once an item comes without it) and no item given it
+    is out.
+    """
+
+    def __init__(self, arguments: _offload.Arguments, items: Iterable[Any], window: int) -> None:
+        self._arguments, self._items = arguments, items
+        self._window = threading.Semaphore(window)
+        self._out: dict[int, list[str]] = {}  # ticket: the segments its item holds
+        self._batch = _offload.Batch()
+        known = isinstance(items, (list, tuple))
+        self._uses = _offload.uses(items, arguments.min_bytes) if known else None
+        self._bounded = True
+
+    def __len__(self) -> int:
+        return len(self._items)  # type: ignore[arg-type]  # only a map's list is asked
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        for item in self._items:
+            if self._bounded:
+                self._window.acquire()
+            holds: list[str] = []
+            try:
+                shared = self._arguments.share(item, holds, self._batch)
+            except BaseException:
+                self._window.release()
+                raise
+            self._let_go()
+            number = _offload.issue(self._arrived)
+            self._out[number] = holds
+            yield number, shared
+
+    def _let_go(self) -> None:
+        """Drop the batch's arrays that no later item uses."""
+        batch, uses = self._batch, self._uses
+        used = set(batch.used)  # an array given twice in one item is one use
+        if uses is None:
+            done = [key for key in batch.arrays if key not in used]
+        else:
+            done = []
+            for key in used:
+                uses[key] -= 1
+                if not uses[key]:
+                    done.append(key)
+        if done:
+            batch.drop(done, self._arguments)
+
+    def _arrived(self, number: int) -> None:
+        self._arguments.release(self._out.pop(number, []))
+        self._window.release()
+
+    def unbound(self) -> None:
+        """Stop waiting for results: some came back without their receipts (a
+        result that could not be pickled), so their window places never return."""
+        self._bounded = False
+        self._window.release()  # the pool's task thread, if it waits: the only one that can
+
+    def close(self) -> None:
+        """The call is over: let go of what items never reported back still hold."""
+        self.unbound()
+        self._batch.drop(list(self._batch.arrays), self._arguments)
+        for number in list(self._out):
+            holds = self._out.pop(number)
+            if _offload.cancel(number):
+                self._arguments.release(holds)
+
+
 class _Settled:
-    """A pool's call once its results are in: releases its arguments, reports lost results."""
+    """A pool call once its results are in: its arguments let go, its value unpacked."""
 
     def __init__(
         self,
         arguments: _offload.Arguments,
         holds: list[str],
+        feed: _Feed | None,
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
     ) -> None:
-        self.arguments, self.holds = arguments, holds
+        self.arguments, self.holds, self.feed = arguments, holds, feed
         self.callback, self.error_callback = callback, error_callback
-        self.error: Exception | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def _done(self) -> None:
+        self.arguments.release(self.holds)
+        if self.feed is not None:
+            self.feed.close()
 
     def success(self, value: Any) -> None:
-        self.arguments.release(self.holds)
+        self._done()
         try:
-            _offload.check(value)
+            self.value = _offload.unpack(value) if self.feed is not None else _offload.check(value)
         except Exception as exc:
-            self.error = exc
-            if self.error_callback is not None:
-                self.error_callback(exc)
+            self.failure(exc)
             return
         if self.callback is not None:
-            self.callback(value)
+            self.callback(self.value)
 
     def failure(self, error: BaseException) -> None:
-        self.arguments.release(self.holds)
+        self._done()
+        self.error = error
         if self.error_callback is not None:
             self.error_callback(error)
 
 
 class AsyncResult:
-    """What `Pool.apply_async` and `Pool.map_async` return: as ``multiprocessing``'s."""
+    """What `Pool.apply_async`, `Pool.map_async` and `Pool.starmap_async` return:
+    the methods of ``multiprocessing.pool.AsyncResult``."""
 
     def __init__(self, inner: multiprocessing.pool.AsyncResult[Any], settled: _Settled) -> None:
         self._inner, self._settled = inner, settled
@@ -62,61 +143,76 @@ class AsyncResult:
 
     def get(self, timeout: float | None = None) -> Any:
         """Return the result when it arrives; raise the call's exception if it raised."""
-        value = self._inner.get(timeout)
+        self._inner.get(timeout)
         if self._settled.error is not None:
             raise self._settled.error
-        return value
+        return self._settled.value
 
 
 class _Results(Iterator[Any]):
-    """What `Pool.imap` returns: the results in turn, its arguments released at the end."""
+    """What `Pool.imap` and `Pool.imap_unordered` return: the results in turn."""
 
-    def __init__(
-        self, inner: Iterator[Any], arguments: _offload.Arguments, holds: list[str]
-    ) -> None:
-        self._inner, self._arguments, self._holds = inner, arguments, holds
+    def __init__(self, inner: Iterator[Any], feed: _Feed) -> None:
+        self._inner, self._feed = inner, feed
 
     def __next__(self) -> Any:
-        return _offload.check(self._next())
-
-    def _next(self) -> Any:
-        try:
-            return next(self._inner)
-        except StopIteration:
-            self._arguments.release(self._holds)
-            raise
+        return self._value(lambda: next(self._inner))
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result, waiting at most ``timeout`` seconds (as ``IMapIterator.next``)."""
+        return self._value(lambda: self._inner.next(timeout))  # type: ignore[attr-defined]
+
+    def _value(self, take: Callable[[], Any]) -> Any:
         try:
-            value = self._inner.next(timeout)  # type: ignore[attr-defined]
+            pair = take()
         except StopIteration:
-            self._arguments.release(self._holds)
+            self._feed.close()
             raise
-        return _offload.check(value)
+        except multiprocessing.TimeoutError:
+            raise
+        except BaseException:  # came back without its receipt
+            self._feed.unbound()
+            raise
+        return _offload.unpack([pair])[0]
 
 
 class Pool(multiprocessing.pool.Pool):
     """A drop-in ``multiprocessing.Pool`` that moves large NumPy arrays through shared
     memory instead of pickling them, both ways.
 
-    The same constructor (``context=`` included) and methods, with the same
-    meaning as `ProcessPoolExecutor`'s: every array of at least ``min_bytes`` in a
-    task's arguments or result (also inside tuples, lists and dicts) goes through
+    The same constructor (``context=`` included) and methods, with the meaning of
+    `ProcessPoolExecutor`'s: every array of at least ``min_bytes`` in a task's
+    arguments or result (also inside plain tuples, lists and dicts) goes through
     shared memory; tasks get copy-on-write views that they may write to without
-    anyone else seeing it; results are plain ``numpy.ndarray`` objects holding
-    their memory.  `map`, `starmap`, `imap`, `imap_unordered` and their
-    asynchronous forms copy each distinct array once per call, `apply` and
-    `apply_async` once per call too.  An argument's segment is removed when the
-    call's results are all in, or at `terminate` (the ``with`` block's end) or
-    `join`.
+    the caller or later tasks seeing it (the tasks of one chunk share one view,
+    as they share one unpickled copy with pickling); results are plain
+    ``numpy.ndarray`` objects that hold their memory.
+
+    `map`, `starmap`, `imap`, `imap_unordered` and their asynchronous forms copy
+    each distinct array once per call, as the pool sends the tasks out: no more
+    than a few chunks per worker ahead of the results, so a stream of large
+    arrays never fills shared memory.  `apply` and `apply_async` copy their
+    arrays once per call.  An argument's segment is removed once no task that
+    was given it is still out, and at the latest at `terminate` (the ``with``
+    block's end) or `join`; those also remove what workers killed meanwhile left
+    in shared memory.  Where ``/dev/shm`` has no room for an array, it is
+    pickled as usual.
 
     Parameters
     ----------
-    processes, initializer, initargs, maxtasksperchild, context
-        As for ``multiprocessing.pool.Pool``.
-    min_bytes : int, default 1 MiB
-        Arrays of at least this many bytes go through shared memory.
+    processes : int, optional
+        As for ``multiprocessing.pool.Pool``: the number of workers.
+    initializer : callable, optional
+        Run as ``initializer(*initargs)`` in each worker as it starts.
+    initargs : iterable
+        The arguments of ``initializer``.
+    maxtasksperchild : int, optional
+        As for ``multiprocessing.pool.Pool``: workers are replaced after this
+        many tasks.
+    context : multiprocessing context, optional
+        The start method's context, as for ``multiprocessing.pool.Pool``.
+    min_bytes : int, default 1048576
+        Arrays of at least this many bytes (1 MiB) go through shared memory.
     """
 
     def __init__(
@@ -146,7 +242,7 @@ class Pool(multiprocessing.pool.Pool):
         """As ``multiprocessing.pool.Pool.apply_async``."""
         holds: list[str] = []
         args, kwds = self._arguments.share((tuple(args), dict(kwds)), holds)
-        settled = _Settled(self._arguments, holds, callback, error_callback)
+        settled = _Settled(self._arguments, holds, None, callback, error_callback)
         call = _offload.Call(func, self._arguments.min_bytes)
         try:
             inner = super().apply_async(call, args, kwds, settled.success, settled.failure)
@@ -167,16 +263,22 @@ class Pool(multiprocessing.pool.Pool):
     ) -> AsyncResult:
         # map, starmap and their async forms all come here (CPython 3.9 to 3.13).
         self._check_running()  # type: ignore[attr-defined]
-        batch = _offload.Batch()
-        settled = _Settled(self._arguments, batch.holds, callback, error_callback)
-        call = _offload.Call(mapper, self._arguments.min_bytes)  # a chunk's items share copies
+        items = list(iterable)
+        if chunksize is None:  # multiprocessing's choice, needed here for the window
+            chunksize, extra = divmod(len(items), len(self._pool) * 4)  # type: ignore[attr-defined]
+            chunksize += 1 if extra else 0
+        feed = _Feed(self._arguments, items, self._window(chunksize))
+        settled = _Settled(self._arguments, [], feed, callback, error_callback)
+        star = mapper is multiprocessing.pool.starmapstar  # type: ignore[attr-defined]
+        work = _offload.Ticketed(func, star)
+        mapstar = multiprocessing.pool.mapstar  # type: ignore[attr-defined]
+        chunk = _offload.Call(mapstar, self._arguments.min_bytes)
         try:
-            items = self._arguments.share(list(iterable), batch.holds, batch)
             inner = super()._map_async(  # type: ignore[misc]
-                func, items, call, chunksize, settled.success, settled.failure
+                work, feed, chunk, chunksize, settled.success, settled.failure
             )
         except BaseException:
-            self._arguments.release(batch.holds)
+            feed.close()
             raise
         self._note_workers()
         return AsyncResult(inner, settled)
@@ -200,15 +302,15 @@ class Pool(multiprocessing.pool.Pool):
         iterable: Iterable[Any],
         chunksize: int,
     ) -> Iterator[Any]:
-        batch = _offload.Batch()
-
-        def items() -> Iterator[Any]:  # consumed by the pool's task thread, as tasks go out
-            for item in iterable:
-                yield self._arguments.share(item, batch.holds, batch)
-
-        call = _offload.Call(func, self._arguments.min_bytes)
+        feed = _Feed(self._arguments, iterable, self._window(chunksize))
+        work = _offload.Call(_offload.Ticketed(func, False), self._arguments.min_bytes)
+        results = method(work, feed, chunksize)
         self._note_workers()
-        return _Results(method(call, items(), chunksize), self._arguments, batch.holds)
+        return _Results(results, feed)
+
+    def _window(self, chunksize: int) -> int:
+        """How many items may be out at once: a chunk per worker, and one more."""
+        return max(1, chunksize) * (len(self._pool) + 1)  # type: ignore[attr-defined]
 
     def terminate(self) -> None:
         """As ``multiprocessing.pool.Pool.terminate``; every argument's segment goes

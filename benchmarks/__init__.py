@@ -2,7 +2,7 @@
 
 ``cli`` is the command line; ``config`` the sizes and counts of a run; ``harness``
 what every section measures with (data, timing, repetitions, PSS, worker processes);
-``peers`` the optional libraries compared; ``bench_share`` to ``bench_dask`` the
-sections a to f; ``report``, ``machine`` and ``targets`` write RESULTS.md.  What each
+``peers`` the optional libraries compared; ``bench_share`` to ``bench_dropin`` the
+sections a to g; ``report``, ``machine`` and ``targets`` write RESULTS.md.  What each
 section measures, and how: README.md.
 """

@@ -25,6 +25,7 @@ from .harness import (
     COLUMNS,
     SHM_DIR,
     Cleanup,
+    first_column_sum,
     fresh_name,
     make_data,
     median,
@@ -130,10 +131,6 @@ class HandoffRow:
     expected: float
 
 
-def _expected(data: np.ndarray[Any, Any], count: int) -> float:
-    return math.fsum(data[np.arange(count) % data.shape[0], 0].tolist())
-
-
 def _peer_rows(
     config: Config, peers: Peers, data: np.ndarray[Any, Any], cleanups: list[Cleanup]
 ) -> list[HandoffRow]:
@@ -154,7 +151,7 @@ def _peer_rows(
                 SHAREDARRAY,
                 task_sharedarray,
                 [(name, i) for i in range(count)],
-                _expected(data, count),
+                first_column_sum(data, count),
             )
         )
     joblib = peers.get("joblib")
@@ -169,7 +166,7 @@ def _peer_rows(
                 JOBLIB,
                 task_joblib,
                 [(path, i) for i in range(count)],
-                _expected(data, count),
+                first_column_sum(data, count),
             )
         )
     torch = peers.get("torch")
@@ -183,7 +180,7 @@ def _peer_rows(
                 f"{TORCH} ({torch_count} tasks)",
                 task_torch,
                 [(tensor, i) for i in range(torch_count)],
-                _expected(data, torch_count),
+                first_column_sum(data, torch_count),
             )
         )
     return rows
@@ -209,7 +206,7 @@ def _rows(
             OURS,
             task_ours,
             [(handle, i) for i in range(count)],
-            _expected(data, count),
+            first_column_sum(data, count),
         )
     )
     rows.append(
@@ -235,7 +232,7 @@ def _rows(
             "stdlib: SharedMemory(name) attach per task",
             task_stdlib,
             [(shm.name, data.shape, data.dtype.str, i) for i in range(count)],
-            _expected(data, count),
+            first_column_sum(data, count),
         )
     )
     rows += _peer_rows(config, peers, data, cleanups)
@@ -245,7 +242,7 @@ def _rows(
             f"pickling the array ({pickle_count} tasks)",
             task_pickled,
             [(data, i) for i in range(pickle_count)],
-            _expected(data, pickle_count),
+            first_column_sum(data, pickle_count),
         )
     )
     return rows

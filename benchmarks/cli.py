@@ -2,7 +2,7 @@
 
 Usage, from the repository's root::
 
-    python -m benchmarks                            # the full run, about 5 to 10 minutes
+    python -m benchmarks                            # the full run, about 10 to 15 minutes
     python -m benchmarks --quick                    # a smoke run with small sizes, under a minute
     python -m benchmarks --sections dask --merge    # redo one section in RESULTS.md
 
@@ -25,7 +25,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import bench_attach, bench_dask, bench_handoff, bench_memory, bench_rowsum, bench_share
+from . import (
+    bench_attach,
+    bench_dask,
+    bench_dropin,
+    bench_handoff,
+    bench_memory,
+    bench_rowsum,
+    bench_share,
+)
 from .config import FULL, QUICK, Config
 from .harness import SHM_DIR
 from .machine import load_average, machine_facts
@@ -44,6 +52,7 @@ SECTIONS: dict[str, tuple[str, SectionRun]] = {
     "d": ("memory", bench_memory.run),
     "e": ("rowsum", bench_rowsum.run),
     "f": ("dask", bench_dask.run),
+    "g": ("dropin", bench_dropin.run),
 }
 
 

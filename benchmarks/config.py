@@ -31,6 +31,17 @@ class Config:
     dask_workers: int
     dask_pss_reps: int
     dask_time_reps: int
+    dropin_mb: int
+    dropin_tasks: int
+    dropin_pickle_tasks: int
+    dropin_joblib_tasks: int
+    dropin_reps: int
+    dropin_result_mb: int  # each result's size
+    dropin_results: int
+    dropin_result_reps: int
+    dropin_memory_mb: int
+    dropin_memory_workers: int
+    dropin_memory_reps: int
 
 
 FULL = Config(
@@ -56,6 +67,17 @@ FULL = Config(
     dask_workers=4,
     dask_pss_reps=3,
     dask_time_reps=7,
+    dropin_mb=80,
+    dropin_tasks=10_000,
+    dropin_pickle_tasks=8,
+    dropin_joblib_tasks=1000,
+    dropin_reps=5,
+    dropin_result_mb=400,
+    dropin_results=4,
+    dropin_result_reps=3,
+    dropin_memory_mb=800,
+    dropin_memory_workers=4,
+    dropin_memory_reps=3,
 )
 
 QUICK = Config(
@@ -81,4 +103,15 @@ QUICK = Config(
     dask_workers=4,
     dask_pss_reps=1,
     dask_time_reps=2,
+    dropin_mb=8,
+    dropin_tasks=1000,
+    dropin_pickle_tasks=6,
+    dropin_joblib_tasks=200,
+    dropin_reps=2,
+    dropin_result_mb=16,
+    dropin_results=4,
+    dropin_result_reps=2,
+    dropin_memory_mb=16,
+    dropin_memory_workers=4,
+    dropin_memory_reps=1,
 )

@@ -1,7 +1,8 @@
 """What every section measures with: data, names, timing, repetitions, PSS and worker processes.
 
 - Data and names: `make_data` of ``(rows, 1000)`` float64 arrays, `rows_for` a size in
-  MB, `fresh_name` for every segment or file a run makes (all start ``smabench_``).
+  MB, `first_column_sum` what tasks reading one element each return, `fresh_name` for
+  every segment or file a run makes (all start ``smabench_``).
 - Repetitions and timing: `rotated` interleaves methods repetition by repetition,
   `timed` and `per_iteration` time a call or a loop, `median` summarises samples.
 - Memory: `pss_bytes` of a process, `shm_used` of ``/dev/shm``.
@@ -52,6 +53,12 @@ def make_data(rows: int, columns: int = COLUMNS) -> np.ndarray[Any, np.dtype[np.
 def rows_for(megabytes: int) -> int:
     """Rows of a ``(rows, 1000)`` float64 array of ``megabytes`` MB (10**6 bytes)."""
     return max(1, megabytes * MB // (8 * COLUMNS))
+
+
+def first_column_sum(data: np.ndarray[Any, Any], count: int) -> float:
+    """Exact sum of ``data[i % rows, 0]`` for ``i < count``: what ``count`` tasks that
+    each read one element return, summed."""
+    return math.fsum(data[np.arange(count) % data.shape[0], 0].tolist())
 
 
 def unlink_all(paths: Sequence[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 import weakref
@@ -926,11 +927,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             manager keeps the segments it was given).
         ClosedHandleError
             The handle was closed.
-
-        Notes
-        -----
-        Linux only: the hand-over renames the segment, which macOS cannot do
-        (there the receiver's first use raises ``OSError``).
+        OSError
+            Not on Linux: the hand-over renames the segment, which macOS cannot do.
 
         Examples
         --------
@@ -946,6 +944,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         if self._closed:
             raise self._closed_error()
+        if not _segment.CAN_RENAME:  # pragma: no cover - macOS
+            raise OSError(errno.ENOTSUP, "transfer() needs Linux, where segments can be renamed")
         if not self.owner or self._manager is not None:
             raise NotOwnerError(
                 f"shared array {self._spec.name!r} can only be transferred by its owner "

@@ -59,13 +59,15 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
 
     Replace the import and nothing else changes: tasks get and return plain
     ``numpy.ndarray`` objects.  Every array of at least ``min_bytes`` in a task's
-    arguments (positional or keyword, also inside tuples, lists and dicts) is
-    copied once into shared memory, and the worker maps it instead of unpickling
-    it; every such array in a task's result comes back the same way.
+    arguments (positional or keyword, also inside plain tuples, lists and dicts)
+    is copied once into shared memory, and the worker maps it instead of
+    unpickling it; every such array in a task's result comes back the same way.
 
     - **Arguments keep pickling's meaning.**  The task gets a copy-on-write view:
-      it may write to it, and its writes reach neither the caller nor any other
-      task (a private mapping: no page is copied until the task writes to it).
+      it may write to it, and its writes reach neither the caller nor later tasks
+      (a private mapping: no page is copied until the task writes to it).  The
+      calls of one chunk (``map(..., chunksize=n)``) share one view, as they
+      share one unpickled copy with pickling.
     - **Copied once per call.**  `map` copies each distinct array once, however
       many tasks it goes to.  Each `submit` copies its arrays again, so an array
       changed between two calls reaches each task as it was at its call.  To give
@@ -76,20 +78,31 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
       array does.
     - **Nothing is left behind.**  An argument's segment is removed as soon as no
       pending task needs it; cancelled tasks, tasks that raise, a worker killed
-      (``BrokenProcessPool``) and `shutdown` all release theirs, and if this
-      process is killed its resource tracker removes them.
+      (``BrokenProcessPool``) and `shutdown` all release theirs, `shutdown` also
+      removes what killed workers left, and if this process is killed its
+      resource tracker removes the rest (the workers leave with it).
 
     Arrays smaller than ``min_bytes``, arrays holding Python objects, subclasses
-    other than ``numpy.memmap`` and everything else are pickled as usual.
+    other than ``numpy.memmap``, arrays ``/dev/shm`` has no room for, and
+    everything else are pickled as usual.  `map` submits every task at once, as
+    the standard executor does: with many distinct large arrays, each is in
+    shared memory until its task is done (`Pool` sends them out as workers take
+    them).
 
     Parameters
     ----------
-    max_workers, mp_context, initializer, initargs
-        As for ``concurrent.futures.ProcessPoolExecutor``.
+    max_workers : int, optional
+        The number of worker processes, as for ``concurrent.futures``.
+    mp_context : multiprocessing context, optional
+        The start method's context, as for ``concurrent.futures``.
+    initializer : callable, optional
+        Run as ``initializer(*initargs)`` in each worker as it starts.
+    initargs : tuple
+        The arguments of ``initializer``.
     max_tasks_per_child : int, optional
-        As for ``concurrent.futures.ProcessPoolExecutor`` (Python 3.11 and later).
-    min_bytes : int, default 1 MiB
-        Arrays of at least this many bytes go through shared memory.
+        Workers are replaced after this many tasks (Python 3.11 and later).
+    min_bytes : int, default 1048576
+        Arrays of at least this many bytes (1 MiB) go through shared memory.
 
     Examples
     --------
@@ -107,7 +120,7 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
-        min_bytes: int = _offload.DEFAULT_MIN_BYTES,
+        min_bytes: int = 1 << 20,
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
         self._batches = threading.local()

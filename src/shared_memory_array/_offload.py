@@ -33,7 +33,6 @@ from . import _cache, _inspect, _interrupts, _keepers, _layout, _names, _segment
 from ._array import SharedMemoryArray
 from ._errors import OutOfSharedMemoryError, SegmentNotFoundError, UnsupportedDtypeError
 
-DEFAULT_MIN_BYTES = 1 << 20
 _PLAIN = (np.ndarray, np.memmap)  # array types that are plain data: sent through memory
 
 

@@ -223,7 +223,7 @@ class Pool(multiprocessing.pool.Pool):
         maxtasksperchild: int | None = None,
         context: Any = None,
         *,
-        min_bytes: int = _offload.DEFAULT_MIN_BYTES,
+        min_bytes: int = 1 << 20,
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
         self._workers: set[int] = set()  # every worker's pid, for `_offload.sweep`

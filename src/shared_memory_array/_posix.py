@@ -49,6 +49,7 @@ _COARSE_CLOCK_NS = 100_000_000  # file timestamps may lag by a clock tick (1-10 
 _RESERVE_BLOCK = 1 << 28  # fallocate in pieces, so a Ctrl-C stops a large one soon
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC  # what shm_open adds on Linux
 _MMAP_KEEPS_NO_FD = sys.version_info >= (3, 13)  # mmap.mmap(trackfd=False)
+CAN_RENAME = _ON_LINUX  # see `rename`
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
@@ -594,7 +595,7 @@ def rename(name: str, new: str) -> None:
 
     Linux only (macOS has no way to rename a POSIX shared memory object).
     """
-    if not _ON_LINUX:  # pragma: no cover - macOS
+    if not CAN_RENAME:  # pragma: no cover - macOS
         raise OSError(errno.ENOTSUP, "renaming a shared memory segment needs Linux", name)
     try:
         os.rename(_path(name), _path(new))

@@ -23,8 +23,10 @@ if sys.platform == "win32":  # pragma: no cover
 from . import _posix
 
 # The named backend's operations (see Backend), and what only named segments have:
-# device, directory_state, free_bytes and side_file (the file system that holds them).
+# device, directory_state, free_bytes and side_file (the file system that holds them),
+# and whether this system can rename them (CAN_RENAME).
 from ._posix import (
+    CAN_RENAME,
     SHM_DIR,
     Bytes,
     Identity,
@@ -94,6 +96,7 @@ NAMED: Backend = _posix  # checked against the protocol by mypy
 
 
 __all__ = [
+    "CAN_RENAME",
     "NAMED",
     "SHM_DIR",
     "Backend",

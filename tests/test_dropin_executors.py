@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing.pool
 import os
 import signal
 import time
@@ -313,3 +314,53 @@ def test_a_result_that_cannot_be_taken_is_an_error():
     lost = _offload.take("sma_0_missing", (0, 0, 0), False)
     with pytest.raises(shared_memory_array.SegmentNotFoundError):
         _offload.check([1, {"x": lost}])
+
+
+# ------------------------------------------------------------------ streams and odd results
+
+
+def unpicklable(array: np.ndarray) -> object:
+    return lambda: array.size  # a result pickle refuses
+
+
+def own_segments() -> int:
+    """How many argument segments this process has in /dev/shm now."""
+    prefix = f"sma_{os.getpid()}_"
+    return sum(name.startswith(prefix) for name in os.listdir(SHM))
+
+
+def test_a_stream_of_arrays_is_shared_only_a_few_tasks_ahead():
+    seen = []
+
+    def stream():
+        for i in range(30):
+            seen.append(own_segments())
+            yield big(float(i))
+
+    with Pool(2) as pool:
+        totals = [float(array.sum()) for array in pool.imap(twice, stream())]
+    assert totals == [2.0 * i * BIG / 8 for i in range(30)]
+    # a chunk for each of 2 workers and one more, as pickling through the pipe would
+    assert max(seen) <= 3
+
+
+def test_results_that_cannot_be_pickled_fail_without_hanging():
+    with Pool(1) as pool:
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError):
+            pool.map(unpicklable, [big()] * 8, chunksize=1)
+        failures = 0
+        for outcome in iter_outcomes(pool.imap(unpicklable, [big()] * 8)):
+            failures += isinstance(outcome, multiprocessing.pool.MaybeEncodingError)
+        assert failures == 8
+        assert (pool.apply(twice, (big(),)) == 2.0).all()  # the pool still works
+
+
+def iter_outcomes(results):
+    """Each result of an iterator, or the exception it raised for it."""
+    while True:
+        try:
+            yield next(results)
+        except StopIteration:
+            return
+        except Exception as exc:
+            yield exc

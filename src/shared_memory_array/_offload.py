@@ -342,27 +342,37 @@ def unpack(pairs: list[tuple[int, Any]]) -> list[Any]:
 
 class Ticketed:
     """A map-family task's function: called with ``(ticket, item)``, returns
-    ``(Receipt, value)``, its exception as a `Raised` value so the receipt comes back."""
+    ``(Receipt, value)``, its large arrays shipped.
 
-    __slots__ = ("function", "star")
+    The receipt must come back whatever happens, or the call's window would stay
+    short of a place (see `_pool`): an exception comes back as a `Raised` value,
+    and so does a value that cannot be pickled, which would otherwise fail the
+    whole chunk's result.
+    """
 
-    def __init__(self, function: Callable[..., Any], star: bool) -> None:
+    __slots__ = ("function", "min_bytes", "star")
+
+    def __init__(self, function: Callable[..., Any], star: bool, min_bytes: int) -> None:
         self.function = function
         self.star = star
+        self.min_bytes = min_bytes
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Ticketed, (self.function, self.star))
+        return (Ticketed, (self.function, self.star, self.min_bytes))
 
     def __call__(self, ticketed: tuple[int, Any]) -> tuple[Receipt, Any]:
         number, item = ticketed
         try:
             value = self.function(*item) if self.star else self.function(item)
+            value = ship(value, self.min_bytes)
         except Exception as exc:
-            try:
-                pickle.dumps(exc)
-            except Exception as problem:  # as multiprocessing reports it
-                exc = multiprocessing.pool.MaybeEncodingError(problem, exc)  # type: ignore[attr-defined]
             value = Raised(exc)
+        try:
+            pickle.dumps(value)
+        except Exception as problem:  # reported as multiprocessing reports it
+            sent = value.error if type(value) is Raised else value
+            error = multiprocessing.pool.MaybeEncodingError(problem, sent)  # type: ignore[attr-defined]
+            value = Raised(error)
         return Receipt(number), value
 
 

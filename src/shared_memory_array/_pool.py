@@ -270,7 +270,7 @@ class Pool(multiprocessing.pool.Pool):
         feed = _Feed(self._arguments, items, self._window(chunksize))
         settled = _Settled(self._arguments, [], feed, callback, error_callback)
         star = mapper is multiprocessing.pool.starmapstar  # type: ignore[attr-defined]
-        work = _offload.Ticketed(func, star)
+        work = _offload.Ticketed(func, star, self._arguments.min_bytes)
         mapstar = multiprocessing.pool.mapstar  # type: ignore[attr-defined]
         chunk = _offload.Call(mapstar, self._arguments.min_bytes)
         try:
@@ -303,7 +303,8 @@ class Pool(multiprocessing.pool.Pool):
         chunksize: int,
     ) -> Iterator[Any]:
         feed = _Feed(self._arguments, iterable, self._window(chunksize))
-        work = _offload.Call(_offload.Ticketed(func, False), self._arguments.min_bytes)
+        ticketed = _offload.Ticketed(func, False, self._arguments.min_bytes)
+        work = _offload.Call(ticketed, self._arguments.min_bytes)
         results = method(work, feed, chunksize)
         self._note_workers()
         return _Results(results, feed)

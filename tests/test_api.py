@@ -29,6 +29,8 @@ def test_all_is_pinned():
         "LockTimeoutError",
         "NotOwnerError",
         "OutOfSharedMemoryError",
+        "Pool",
+        "ProcessPoolExecutor",
         "ReleasedError",
         "SegmentExistsError",
         "SegmentInfo",

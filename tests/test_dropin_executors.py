@@ -364,3 +364,77 @@ def iter_outcomes(results):
             return
         except Exception as exc:
             yield exc
+
+
+# ------------------------------------------------------------------ as the standard pools do
+
+
+def add_one_to_first(first: np.ndarray, second: np.ndarray) -> tuple[bool, float]:
+    first += 1
+    return first is second, float(second[0])
+
+
+def twice_the_same(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return array, array
+
+
+def test_leaving_the_pool_with_calls_in_flight_does_not_wait_for_them():
+    # In a separate interpreter: multiprocessing's own pools, left so, keep their
+    # pipes open as long as the process lives.
+    result = run_python(
+        """
+        import time
+        from shared_memory_array import Pool
+
+        def nap(value):
+            time.sleep(0.5)
+            return value
+
+        if __name__ == "__main__":
+            started = time.monotonic()
+            with Pool(2) as pool:
+                for _ in pool.imap(nap, range(50)):
+                    break
+            with Pool(2) as pool:
+                pool.map_async(nap, range(50))
+            print(round(time.monotonic() - started))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert int(result.stdout) < 10  # the 50 naps would take 12 s each time
+
+
+def test_a_task_that_cannot_be_sent_fails_the_map_at_once():
+    with Pool(2) as pool, pytest.raises(Exception, match="pickle"):
+        pool.map(lambda value: value, range(100))
+
+
+def test_empty_calls_return_empty_lists():
+    with Pool(1) as pool:
+        assert pool.map(abs, []) == pool.starmap(max, []) == pool.map_async(abs, []).get() == []
+
+
+def test_an_array_given_twice_is_one_array_in_the_task_and_in_the_result():
+    data = big(1.0)
+    with ProcessPoolExecutor(1) as executor:
+        assert executor.submit(add_one_to_first, data, data).result() == (True, 2.0)
+        first, second = executor.submit(twice_the_same, data).result()
+    assert first is second
+    with Pool(1) as pool:
+        assert pool.apply(add_one_to_first, (data, data)) == (True, 2.0)
+    assert (data == 1.0).all()
+
+
+def test_odd_arguments_and_errors_travel_as_with_the_standard_pools():
+    cyclic: list = [big()]
+    cyclic.append(cyclic)
+    with ProcessPoolExecutor(1) as executor:
+        assert executor.submit(len, cyclic).result() == 2
+    with Pool(1) as pool, pytest.raises(ValueError, match="invalid literal") as raised:
+        pool.map(int, ["not a number"])
+    assert type(raised.value.__cause__).__name__ == "RemoteTraceback"
+    with pytest.raises(TypeError, match="callable"):
+        ProcessPoolExecutor(1, initializer=5)
+    with pytest.raises(TypeError, match="callable"):
+        Pool(1, initializer=5)

@@ -131,14 +131,17 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
                 raise TypeError("max_tasks_per_child needs Python 3.11 or later")
             extra["max_tasks_per_child"] = max_tasks_per_child
         _keepers.start_tracker()  # before any worker: they must share it
-        start = functools.partial(_offload.start_worker, initializer)
+        start = _offload.worker_start(initializer)
         super().__init__(max_workers, mp_context, start, initargs, **extra)
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``, its large arrays through shared memory."""
         holds: list[str] = []
         batch: _offload.Batch | None = getattr(self._batches, "current", None)
-        args, kwargs = self._arguments.share((args, kwargs), holds, batch)
+        if batch is None:
+            args, kwargs = self._arguments.share_once((args, kwargs), holds)
+        else:
+            args, kwargs = self._arguments.share((args, kwargs), holds, batch)
         call = _offload.Call(fn, self._arguments.min_bytes)
         try:
             inner = super().submit(call, *args, **kwargs)

@@ -17,14 +17,15 @@ meanwhile, the tracker removes it (see `_keepers.start_tracker`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
 import os
-import pickle
 import threading
 from collections.abc import Callable, Collection, Iterable
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,23 +37,33 @@ from ._errors import OutOfSharedMemoryError, SegmentNotFoundError, UnsupportedDt
 _PLAIN = (np.ndarray, np.memmap)  # array types that are plain data: sent through memory
 
 
-def _replace(value: Any, kinds: tuple[type, ...], swap: Callable[[Any], Any]) -> Any:
+def _replace(
+    value: Any,
+    kinds: tuple[type, ...],
+    swap: Callable[[Any], Any],
+    _within: frozenset[int] = frozenset(),
+) -> Any:
     """``value`` with ``swap(item)`` for each item of an exact type in ``kinds``,
-    within tuples, lists and dicts; the very same object where nothing changed."""
+    within tuples, lists and dicts; the very same object where nothing changed.
+
+    A container within itself (``l.append(l)``) is not entered again: what it
+    holds there travels as pickling sends it.
+    """
     kind = type(value)
     if kind in kinds:
         return swap(value)
-    if kind is tuple or kind is list:
-        items = [_replace(item, kinds, swap) for item in value]
-        if all(new is old for new, old in zip(items, value)):
-            return value
-        return kind(items)
+    if (kind is not tuple and kind is not list and kind is not dict) or id(value) in _within:
+        return value
+    within = _within | {id(value)}
     if kind is dict:
-        changed = {key: _replace(item, kinds, swap) for key, item in value.items()}
+        changed = {key: _replace(item, kinds, swap, within) for key, item in value.items()}
         if all(changed[key] is item for key, item in value.items()):
             return value
         return changed
-    return value
+    items = [_replace(item, kinds, swap, within) for item in value]
+    if all(new is old for new, old in zip(items, value)):
+        return value
+    return kind(items)
 
 
 def _shareable(array: np.ndarray[Any, Any], min_bytes: int) -> bool:
@@ -163,6 +174,14 @@ class Arguments:
             del holds[before:]
             self.release(added)
             raise
+
+    def share_once(self, value: Any, holds: list[str]) -> Any:
+        """`share` for one call: an array given twice is one array, as pickling sends it."""
+        batch = Batch()
+        try:
+            return self.share(value, holds, batch)
+        finally:
+            self.release(batch.holds)
 
     def _take(self, name: str, holds: list[str]) -> None:
         """Count ``holds`` among the holders of ``name``; call with the lock held."""
@@ -364,12 +383,14 @@ class Ticketed:
         number, item = ticketed
         try:
             value = self.function(*item) if self.star else self.function(item)
+        except Exception as exc:  # with its traceback, as multiprocessing sends it
+            value = Raised(multiprocessing.pool.ExceptionWithTraceback(exc, exc.__traceback__))  # type: ignore[attr-defined]
+        else:
             value = ship(value, self.min_bytes)
-        except Exception as exc:
-            value = Raised(exc)
         try:
-            pickle.dumps(value)
+            ForkingPickler.dumps(value)
         except Exception as problem:  # reported as multiprocessing reports it
+            discard(value)
             sent = value.error if type(value) is Raised else value
             error = multiprocessing.pool.MaybeEncodingError(problem, sent)  # type: ignore[attr-defined]
             value = Raised(error)
@@ -377,6 +398,17 @@ class Ticketed:
 
 
 # ---------------------------------------------------------------- the worker's side
+
+
+def worker_start(initializer: object) -> Any:
+    """The initializer to give a pool: `start_worker`, then ``initializer``.
+
+    Anything but a callable or None is given as is, for the pool to refuse it
+    with its own error.
+    """
+    if initializer is not None and not callable(initializer):
+        return initializer
+    return functools.partial(start_worker, initializer)
 
 
 def start_worker(initializer: Callable[..., object] | None, *initargs: Any) -> None:
@@ -426,11 +458,37 @@ class Call:
         kwargs = _replace(kwargs, (Argument,), arrive)
         result = self.function(*args, **kwargs)
         del args, kwargs  # what the task no longer holds goes before its result is copied
-        return ship(result, self.min_bytes)
+        shipped = ship(result, self.min_bytes)
+        if shipped is not result:  # segments made: they must not outlive a failed send
+            try:
+                ForkingPickler.dumps(shipped)
+            except Exception:
+                discard(shipped)
+                raise
+        return shipped
 
 
 def ship(value: Any, min_bytes: int) -> Any:
-    """``value`` with each large array replaced by a `Result` whose segment holds it."""
-    return _replace(
-        value, _PLAIN, lambda array: _ship(array) if _shareable(array, min_bytes) else array
-    )
+    """``value`` with each large array replaced by a `Result` whose segment holds it
+    (one per array object, as pickling keeps one object given twice one)."""
+    shipped: dict[int, Any] = {}
+
+    def swap(array: np.ndarray[Any, Any]) -> Any:
+        if not _shareable(array, min_bytes):
+            return array
+        result = shipped.get(id(array))
+        if result is None:
+            result = shipped[id(array)] = _ship(array)
+        return result
+
+    return _replace(value, _PLAIN, swap)
+
+
+def discard(value: Any) -> None:
+    """Remove the segments of the `Result` objects in ``value``: it will not be sent."""
+
+    def remove(result: Result) -> None:
+        if _segment.unlink(result.name):
+            _keepers.unregister_creator(result.name)
+
+    _replace(value, (Result,), remove)

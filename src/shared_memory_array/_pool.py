@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import multiprocessing.pool
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -30,14 +30,14 @@ class _Feed:
         known = isinstance(items, (list, tuple))
         self._uses = _offload.uses(items, arguments.min_bytes) if known else None
         self._bounded = True
+        self.result: Any = None  # the pool's result object of the call, once made
 
     def __len__(self) -> int:
         return len(self._items)  # type: ignore[arg-type]  # only a map's list is asked
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         for item in self._items:
-            if self._bounded:
-                self._window.acquire()
+            self._wait_for_room()
             holds: list[str] = []
             try:
                 shared = self._arguments.share(item, holds, self._batch)
@@ -48,6 +48,17 @@ class _Feed:
             number = _offload.issue(self._arrived)
             self._out[number] = holds
             yield number, shared
+
+    def _wait_for_room(self) -> None:
+        """Wait until fewer than the window's items are out, unless waiting is over:
+        the pool stops (its task thread's state, checked by multiprocessing's own
+        loop too), or the call failed (a task that could not be sent sends no
+        receipt; multiprocessing reports it once every chunk is done)."""
+        task_thread = threading.current_thread()
+        while self._bounded and not self._window.acquire(timeout=_POLL_SECONDS):
+            stopped = getattr(task_thread, "_state", _RUN) != _RUN
+            if stopped or getattr(self.result, "_success", True) is False:
+                self._bounded = False
 
     def _let_go(self) -> None:
         """Drop the batch's arrays that no later item uses."""
@@ -82,6 +93,10 @@ class _Feed:
             holds = self._out.pop(number)
             if _offload.cancel(number):
                 self._arguments.release(holds)
+
+
+_POLL_SECONDS = 0.1
+_RUN = 0  # multiprocessing.pool.RUN
 
 
 class _Settled:
@@ -184,9 +199,9 @@ class Pool(multiprocessing.pool.Pool):
     `ProcessPoolExecutor`'s: every array of at least ``min_bytes`` in a task's
     arguments or result (also inside plain tuples, lists and dicts) goes through
     shared memory; tasks get copy-on-write views that they may write to without
-    the caller or later tasks seeing it (the tasks of one chunk share one view,
-    as they share one unpickled copy with pickling); results are plain
-    ``numpy.ndarray`` objects that hold their memory.
+    the caller or later tasks seeing it (the tasks of one `map` or `starmap`
+    chunk share one view, as they share one unpickled copy with pickling);
+    results are plain ``numpy.ndarray`` objects that hold their memory.
 
     `map`, `starmap`, `imap`, `imap_unordered` and their asynchronous forms copy
     each distinct array once per call, as the pool sends the tasks out: no more
@@ -227,8 +242,9 @@ class Pool(multiprocessing.pool.Pool):
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
         self._workers: set[int] = set()  # every worker's pid, for `_offload.sweep`
+        self._feeds: weakref.WeakSet[_Feed] = weakref.WeakSet()  # calls that may be out
         _keepers.start_tracker()  # before any worker: they must share it
-        start = functools.partial(_offload.start_worker, initializer)
+        start = _offload.worker_start(initializer)
         super().__init__(processes, start, initargs, maxtasksperchild, context)
 
     def apply_async(  # type: ignore[override]
@@ -241,7 +257,7 @@ class Pool(multiprocessing.pool.Pool):
     ) -> AsyncResult:
         """As ``multiprocessing.pool.Pool.apply_async``."""
         holds: list[str] = []
-        args, kwds = self._arguments.share((tuple(args), dict(kwds)), holds)
+        args, kwds = self._arguments.share_once((tuple(args), dict(kwds)), holds)
         settled = _Settled(self._arguments, holds, None, callback, error_callback)
         call = _offload.Call(func, self._arguments.min_bytes)
         try:
@@ -269,6 +285,7 @@ class Pool(multiprocessing.pool.Pool):
             chunksize += 1 if extra else 0
         feed = _Feed(self._arguments, items, self._window(chunksize))
         settled = _Settled(self._arguments, [], feed, callback, error_callback)
+        settled.value = []  # what an empty call gets: multiprocessing calls back for none
         star = mapper is multiprocessing.pool.starmapstar  # type: ignore[attr-defined]
         work = _offload.Ticketed(func, star, self._arguments.min_bytes)
         mapstar = multiprocessing.pool.mapstar  # type: ignore[attr-defined]
@@ -280,6 +297,8 @@ class Pool(multiprocessing.pool.Pool):
         except BaseException:
             feed.close()
             raise
+        feed.result = inner
+        self._feeds.add(feed)
         self._note_workers()
         return AsyncResult(inner, settled)
 
@@ -306,6 +325,7 @@ class Pool(multiprocessing.pool.Pool):
         ticketed = _offload.Ticketed(func, False, self._arguments.min_bytes)
         work = _offload.Call(ticketed, self._arguments.min_bytes)
         results = method(work, feed, chunksize)
+        self._feeds.add(feed)
         self._note_workers()
         return _Results(results, feed)
 
@@ -317,6 +337,8 @@ class Pool(multiprocessing.pool.Pool):
         """As ``multiprocessing.pool.Pool.terminate``; every argument's segment goes
         too, and whatever the workers left in shared memory as they were stopped."""
         self._note_workers()
+        for feed in list(self._feeds):  # their tasks will never report back
+            feed.close()
         super().terminate()
         self._cleared()
 

@@ -93,7 +93,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     when one was given).  Without a manager, an owner that is garbage collected, or
     still open when its process exits, unlinks too, so nothing outlives the program.
     With a manager, the manager unlinks whatever is left when it shuts down.  Handles
-    made by `attach` or by unpickling are never owners: closing them never unlinks.
+    made by `attach` or by unpickling are never owners: closing them never unlinks
+    (except the handle `transfer` returns, whose receiver becomes the owner).
     Each process keeps one mapping per segment and reuses it for every handle (see
     `release_cached_mappings`).
 
@@ -993,7 +994,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
 
         Unpickling maps nothing and never fails because of the segment: the
         handle maps it at first use, and the errors come then (see `as_array`).
-        The unpickled handle is never an owner, reuses this process's mapping of
+        The unpickled handle is never an owner (a handle from `transfer` pickles
+        as a hand-over instead: see there), reuses this process's mapping of
         the segment if there is one, and is not checked for trust as `attach` is:
         it carries its segment's identity and refuses any other.
         """

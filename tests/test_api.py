@@ -24,6 +24,7 @@ def test_all_is_pinned():
     assert sorted(shared_memory_array.__all__) == [
         "ClosedHandleError",
         "ForeignHostError",
+        "FrozenSegmentError",
         "InvalidNameError",
         "LayoutError",
         "LockTimeoutError",

@@ -10,6 +10,7 @@ import pytest
 from shared_memory_array import (
     ClosedHandleError,
     ForeignHostError,
+    FrozenSegmentError,
     InvalidNameError,
     LayoutError,
     LockTimeoutError,
@@ -28,6 +29,7 @@ CASES = [
     (ReleasedError, (SegmentNotFoundError, FileNotFoundError), errno.ENOENT),
     (SegmentExistsError, (FileExistsError,), errno.EEXIST),
     (NotOwnerError, (PermissionError,), errno.EPERM),
+    (FrozenSegmentError, (PermissionError,), errno.EPERM),
     (OutOfSharedMemoryError, (OSError, MemoryError), errno.ENOSPC),
     (LockTimeoutError, (TimeoutError,), errno.ETIMEDOUT),
     (InvalidNameError, (ValueError,), None),

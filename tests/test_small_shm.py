@@ -50,9 +50,9 @@ def test_too_large_an_array_raises_naming_dev_shm_and_the_sizes(how):
         from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
         try:
             if {how!r} == "allocate":
-                SharedMemoryArray.allocate(None, (4, 1024, 1024), "f8")
+                SharedMemoryArray.allocate(None, (4, 1024, 1024), "f8", backend="named")
             else:
-                SharedMemoryArray.copy(None, np.ones((4, 1024, 1024)))
+                SharedMemoryArray.copy(None, np.ones((4, 1024, 1024)), backend="named")
         except MemoryError as error:
             assert isinstance(error, OutOfSharedMemoryError) and isinstance(error, OSError)
             print(error)
@@ -73,9 +73,9 @@ def test_filling_dev_shm_raises_at_allocation_and_written_arrays_never_sigbus():
         """
         import numpy as np
         from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
-        first = SharedMemoryArray.allocate(None, 10 * 1024 * 1024, "u1")
+        first = SharedMemoryArray.allocate(None, 10 * 1024 * 1024, "u1", backend="named")
         try:
-            SharedMemoryArray.allocate(None, 10 * 1024 * 1024, "u1")
+            SharedMemoryArray.allocate(None, 10 * 1024 * 1024, "u1", backend="named")
         except OutOfSharedMemoryError:
             print("refused")
         first.as_array()[:] = 7  # every page was reserved up front
@@ -187,7 +187,7 @@ def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
         kept = []
         try:
             while True:
-                kept.append(SharedMemoryArray.allocate(None, 1))
+                kept.append(SharedMemoryArray.allocate(None, 1, backend="named"))
         except OutOfSharedMemoryError as error:
             print(len(kept) > 0, error.segment is not None)
         for handle in kept:
@@ -199,7 +199,9 @@ def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
     assert result.stdout.split() == ["True", "True"]
 
 
-def test_drop_in_executors_fall_back_to_pickling_when_dev_shm_is_too_small():
+def test_drop_in_executors_send_large_arguments_through_memfd_and_pickle_large_results():
+    # Arguments: a memfd segment the parent owns.  Results: a worker's memfd would
+    # go with the worker, so what finds no room in /dev/shm is pickled.
     result = run_in_small_shm(
         """
         import multiprocessing, os
@@ -207,21 +209,29 @@ def test_drop_in_executors_fall_back_to_pickling_when_dev_shm_is_too_small():
         from shared_memory_array import Pool, ProcessPoolExecutor
 
         def twice(array):
-            return array * 2
+            address = array.__array_interface__["data"][0]
+            with open("/proc/self/maps") as maps:  # the mapping the array lies in
+                for line in maps:
+                    start, end = (int(part, 16) for part in line.split()[0].split("-"))
+                    if start <= address < end:
+                        memfd = "/memfd:sma_" in line
+            return array * 2, memfd
 
         if __name__ == "__main__":
             context = multiprocessing.get_context("fork")
             large = np.ones(3 << 20)  # 24 MiB: no room in a 16 MiB /dev/shm
-            small = np.ones(1 << 18)  # 2 MiB: room
+            small = np.ones(1 << 18)  # 2 MiB: no room once a margin is kept
+            tiny = np.ones(1 << 16)  # 512 KiB: below min_bytes, pickled
             with ProcessPoolExecutor(1, mp_context=context) as executor:
-                doubled = list(executor.map(twice, [large, small]))
+                doubled = list(executor.map(twice, [large, small, tiny]))
             with Pool(1, context=context) as pool:
-                doubled += pool.map(twice, [large, small])
-            print([float(array.sum()) for array in doubled])
+                doubled += pool.map(twice, [large, small, tiny])
+            print([(float(array.sum()), memfd) for array, memfd in doubled])
             print(sorted(os.listdir("/dev/shm")))
         """
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    large, small = 2.0 * (3 << 20), 2.0 * (1 << 18)
-    assert result.stdout.splitlines() == [str([large, small, large, small]), "[]"]
+    large, small, tiny = 2.0 * (3 << 20), 2.0 * (1 << 18), 2.0 * (1 << 16)
+    sent = [(large, True), (small, True), (tiny, False)]
+    assert result.stdout.splitlines() == [str(sent + sent), "[]"]

@@ -14,6 +14,7 @@ from ._cache import release_cached_mappings
 from ._errors import (
     ClosedHandleError,
     ForeignHostError,
+    FrozenSegmentError,
     InvalidNameError,
     LayoutError,
     LockTimeoutError,
@@ -40,6 +41,7 @@ SharedArray = SharedMemoryArray
 __all__ = [
     "ClosedHandleError",
     "ForeignHostError",
+    "FrozenSegmentError",
     "InvalidNameError",
     "LayoutError",
     "LockTimeoutError",

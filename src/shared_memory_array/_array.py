@@ -18,6 +18,7 @@ from . import _cache, _interrupts, _keepers, _layout, _names, _segment, _transfe
 from ._errors import (
     ClosedHandleError,
     ForeignHostError,
+    InvalidNameError,
     LayoutError,
     NotOwnerError,
     SegmentNotFoundError,
@@ -34,6 +35,7 @@ __all__ = ["SharedMemoryArray"]
 _ScalarT_co = TypeVar("_ScalarT_co", bound=np.generic, covariant=True)
 _Handle = TypeVar("_Handle", bound="SharedMemoryArray[Any]")
 Order = Literal["C", "F"]
+Backend = Literal["auto", "named", "memfd"]
 
 
 def _fortran(order: str | None) -> bool:
@@ -149,6 +151,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         *,
         order: Order = "C",
         name: str | None = None,
+        backend: Backend | None = None,
     ) -> SharedMemoryArray[Any]:
         """Make a new zero-filled shared array and return its owner handle.
 
@@ -178,7 +181,18 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         name : str, optional
             Name of the new segment: 1 to 255 characters (30 on macOS) from
             ``A-Z a-z 0-9 _ . -``, not starting with ``.`` or ``-``.  By default a
-            fresh ``sma_<pid>_<16 hex digits>``.
+            fresh ``sma_<pid>_<16 hex digits>`` (memfd: ``sma_<pid>_fd<n>_<16 hex
+            digits>``, a form chosen names cannot take).
+        backend : {'auto', 'named', 'memfd'}, optional
+            The kind of segment (`backend`).  ``'named'``: a file in ``/dev/shm``,
+            there until unlinked.  ``'memfd'`` (Linux): memory that no ``/dev/shm``
+            mount limits and that the kernel frees once no process uses it;
+            other processes of this user attach it while this process holds it
+            (see docs/how-to.md, "Share past a small /dev/shm").  ``'auto'``:
+            named while ``/dev/shm`` has room for the array and a margin (an
+            eighth of it, at least 16 MiB), memfd otherwise.  By default the
+            environment variable ``SHARED_MEMORY_ARRAY_BACKEND``, else
+            ``'auto'``; with a ``manager`` or a ``name``, those mean named.
 
         Returns
         -------
@@ -209,11 +223,17 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             or has structured fields that go back in memory or overlap, nested
             fields included.  Padding between fields is fine.
         OutOfSharedMemoryError
-            ``/dev/shm`` cannot hold the segment, or has no inode left for it.
+            ``/dev/shm`` cannot hold the segment, or has no inode left for it
+            (memfd: the memory, or the container's memory limit, is exhausted).
             Nothing is left behind.
+        ValueError
+            ``backend``, or ``SHARED_MEMORY_ARRAY_BACKEND``, is none of the kinds.
+        OSError
+            ``backend='memfd'`` where this system has no ``memfd_create`` (not
+            Linux), or this process has as many files open as it may.
         """
         dims, dt = _layout.normalize(shape, dtype)
-        return cls._create(manager, dims, dt, _fortran(order), _checked_name(name), None)
+        return cls._create(manager, dims, dt, _fortran(order), _checked_name(name), None, backend)
 
     @classmethod
     def allocate_unsafe(
@@ -224,6 +244,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         *,
         order: Order = "C",
         name: str | None = None,
+        backend: Backend | None = None,
     ) -> SharedMemoryArray[Any]:
         """`allocate` for arguments already checked: no normalisation, the same safety.
 
@@ -241,11 +262,16 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
         dt = _layout.normalize_dtype(dtype)
-        return cls._create(manager, dims, dt, order == "F", name, None)
+        return cls._create(manager, dims, dt, order == "F", name, None, backend)
 
     @classmethod
     def allocate_like(
-        cls, manager: object, template: npt.ArrayLike, *, name: str | None = None
+        cls,
+        manager: object,
+        template: npt.ArrayLike,
+        *,
+        name: str | None = None,
+        backend: Backend | None = None,
     ) -> SharedMemoryArray[Any]:
         """Make a zero-filled shared array shaped like ``template``; return its owner handle.
 
@@ -264,6 +290,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         name : str, optional
             Name of the new segment (rules in `allocate`); by default a fresh
             ``sma_<pid>_<16 hex digits>``.
+        backend : {'auto', 'named', 'memfd'}, optional
+            The kind of segment: see `allocate`.
 
         Returns
         -------
@@ -291,11 +319,18 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         array = np.asarray(template)
         dims, dt = _layout.normalize(array.shape, array.dtype)
-        return cls._create(manager, dims, dt, _layout.is_fortran(array), _checked_name(name), None)
+        return cls._create(
+            manager, dims, dt, _layout.is_fortran(array), _checked_name(name), None, backend
+        )
 
     @classmethod
     def allocate_like_unsafe(
-        cls, manager: object, template: npt.ArrayLike, *, name: str | None = None
+        cls,
+        manager: object,
+        template: npt.ArrayLike,
+        *,
+        name: str | None = None,
+        backend: Backend | None = None,
     ) -> SharedMemoryArray[Any]:
         """`allocate_like` for arguments already checked: no normalisation, the same safety.
 
@@ -307,11 +342,16 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         array = np.asarray(template)
         dt = _layout.normalize_dtype(array.dtype)
-        return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, None)
+        return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, None, backend)
 
     @classmethod
     def copy(
-        cls, manager: object, data: npt.ArrayLike, *, name: str | None = None
+        cls,
+        manager: object,
+        data: npt.ArrayLike,
+        *,
+        name: str | None = None,
+        backend: Backend | None = None,
     ) -> SharedMemoryArray[Any]:
         """Copy ``data`` into a new shared array and return its owner handle.
 
@@ -336,6 +376,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         name : str, optional
             Name of the new segment (rules in `allocate`); by default a fresh
             ``sma_<pid>_<16 hex digits>``.
+        backend : {'auto', 'named', 'memfd'}, optional
+            The kind of segment: see `allocate`.
 
         Returns
         -------
@@ -373,11 +415,18 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         array = np.asarray(data)
         dims, dt = _layout.normalize(array.shape, array.dtype)
-        return cls._create(manager, dims, dt, _layout.is_fortran(array), _checked_name(name), array)
+        return cls._create(
+            manager, dims, dt, _layout.is_fortran(array), _checked_name(name), array, backend
+        )
 
     @classmethod
     def copy_unsafe(
-        cls, manager: object, data: npt.ArrayLike, *, name: str | None = None
+        cls,
+        manager: object,
+        data: npt.ArrayLike,
+        *,
+        name: str | None = None,
+        backend: Backend | None = None,
     ) -> SharedMemoryArray[Any]:
         """`copy` for arguments already checked: no normalisation, the same safety.
 
@@ -389,7 +438,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         """
         array = np.asarray(data)
         dt = _layout.normalize_dtype(array.dtype)
-        return cls._create(manager, array.shape, dt, _layout.is_fortran(array), name, array)
+        return cls._create(
+            manager, array.shape, dt, _layout.is_fortran(array), name, array, backend
+        )
 
     @classmethod
     def _create(
@@ -400,15 +451,30 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         fortran: bool,
         name: str | None,
         source: np.ndarray[Any, Any] | None,
+        backend: Backend | None,
     ) -> SharedMemoryArray[Any]:
         link = None if manager is None else _keepers.manager_link(manager)
-        name = name or _names.generate()
+        if (link is not None or name is not None) and backend != "memfd":
+            backend = "named"  # a manager keeps, and a chosen name is, a named segment
+        elif backend == "memfd" and name is not None:
+            raise InvalidNameError(
+                f"memfd segments take no chosen name (got {name!r}): their name says "
+                "where they are; pass backend='named' to choose one",
+                segment=name,
+            )
+        elif backend == "memfd" and link is not None:
+            raise TypeError(
+                "a SharedMemoryManager cannot keep a memfd segment (it goes with its "
+                "creator); pass manager=None, or backend='named'"
+            )
         fortran = fortran and len(shape) > 1  # one layout for 0-d and 1-d arrays
         keeper = os.getpid() if link is None else link.pid
         # Until the handle and its finalizer exist, a Ctrl-C would leak the segment;
         # it comes between the blocks of a copy instead, or once the handle exists.
         with _interrupts.deferred():
-            mapped = _write.create(name, shape, dtype, fortran, source, keeper=keeper)
+            name, mapped = _write.create(
+                name, shape, dtype, fortran, source, keeper=keeper, backend=backend
+            )
             assert mapped.layout is not None  # a segment made here has a header
             self = cls._make(_Spec(name, mapped.layout, identity=mapped.identity), None)
             self._use(mapped)
@@ -823,6 +889,11 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         return self._owner_pid != 0 and self._owner_pid == os.getpid()  # 0: never an owner
 
     @property
+    def backend(self) -> Literal["named", "memfd"]:
+        """The kind of segment: ``'named'`` (in ``/dev/shm``) or ``'memfd'`` (see `allocate`)."""
+        return "memfd" if _segment.is_memfd(self._spec.name) else "named"
+
+    @property
     def closed(self) -> bool:
         """Whether `close` was called."""
         return self._closed
@@ -947,6 +1018,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             raise self._closed_error()
         if not _segment.CAN_RENAME:  # pragma: no cover - macOS
             raise OSError(errno.ENOTSUP, "transfer() needs Linux, where segments can be renamed")
+        if _segment.is_memfd(self._spec.name):
+            raise OSError(
+                errno.ENOTSUP,
+                f"memfd segment {self._spec.name!r} cannot be transferred: it goes with the "
+                "process that made it; make the array with backend='named' to hand it over",
+            )
         if not self.owner or self._manager is not None:
             raise NotOwnerError(
                 f"shared array {self._spec.name!r} can only be transferred by its owner "
@@ -965,6 +1042,42 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 sent, _release, args=(spec.name, os.getpid(), spec.identity), exitpriority=-1
             )
         return sent
+
+    def freeze(self) -> None:
+        """Make the array read-only for good, in every process: memfd segments only.
+
+        The segment is sealed (``F_SEAL_FUTURE_WRITE``, Linux 5.1+): from now on no
+        process can map it writable, this one included, and nothing can undo it.
+        This handle becomes read-only (`readonly`), and so do the handles pickled
+        from it; handles pickled before raise `FrozenSegmentError` at first use
+        unless read-only.  Arrays that exist already keep their mapping: take
+        them again after freezing where writes must be impossible.
+
+        Raises
+        ------
+        NotOwnerError
+            This handle is not the owner.
+        OSError
+            The segment is a named one (``/dev/shm`` files cannot be sealed), or
+            the kernel is older than 5.1 (``EINVAL``).
+        """
+        if self._closed:
+            raise self._closed_error()
+        if not self.owner:
+            raise NotOwnerError(
+                f"shared array {self._spec.name!r} can only be frozen by its owner",
+                segment=self._spec.name,
+            )
+        if not _segment.is_memfd(self._spec.name):
+            raise OSError(
+                errno.ENOTSUP,
+                f"shared array {self._spec.name!r} is a named segment, which cannot be "
+                "sealed: make it with backend='memfd' to freeze it",
+            )
+        _segment.freeze(self._spec.name)
+        _cache.forget(self._spec.name)  # no handle of this process gets the writable mapping
+        self._spec, self._reduced = self._spec._replace(readonly=True), None
+        self._mapped = self._array = self._users = None  # mapped again read-only at next use
 
     @contextlib.contextmanager
     def managed(self: _Handle) -> Iterator[_Handle]:
@@ -1164,7 +1277,13 @@ def _basic_index(part: object) -> Any:
 
 
 def _checked_name(name: str | None) -> str | None:
-    return None if name is None else _names.validate(name)
+    if name is not None and _segment.is_memfd(_names.validate(name)):
+        raise InvalidNameError(
+            f"segment name {name!r} has the form of a memfd segment's, which only the "
+            "library gives: choose another",
+            segment=name,
+        )
+    return name
 
 
 def _resolve(

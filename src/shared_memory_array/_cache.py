@@ -11,11 +11,13 @@ rules:
   next attach in this process.  The check costs one ``stat`` of ``/dev/shm`` when
   nothing there changed since the last one (its modification time and size change
   with every segment made or unlinked), and a ``stat`` per cached segment when
-  something did.  A pickled handle also carries its segment's identity, so it is
-  never given a mapping of another segment that took the name.  An owner's unlink
-  drops its entry at once, and so does an explicit close of the last live handle
-  of this process on a segment (`let_go`); handles merely garbage collected, as a
-  pool task's are, leave it for the next task.  `release_cached_mappings` drops
+  something did; a memfd segment, of which ``/dev/shm`` knows nothing, costs a
+  ``stat`` of its ``/proc`` entry each time.  A pickled handle also carries its
+  segment's identity, so it is never given a mapping of another segment that
+  took the name.  An owner's unlink drops its entry at once, and so does an
+  explicit close of the last live handle of this process on a segment
+  (`let_go`); handles merely garbage collected, as a pool task's are, leave it
+  for the next task.  `release_cached_mappings` drops
   them all.  Arrays still using a mapping keep it alive, as always.
 - Bounded: at most `MAX_ENTRIES` segments, least recently attached dropped first.
 """
@@ -105,15 +107,19 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
         return hit  # nothing else is cached: the common case of a pool worker
     if _entries:
         state = _segment.directory_state()
-        if state is None or state != _checked_state:  # something was made or unlinked
-            complete = True
-            for other, cached in list(_entries.items()):
-                if cached.identity.same_mapping(_segment.identity(other[0])):
-                    continue
-                if served and other == key:
-                    complete = False  # gone, but named by this pickle: serve it once more
-                else:
-                    _entries.pop(other, None)
+        changed = state is None or state != _checked_state  # something was made or unlinked
+        complete = True
+        for other, cached in list(_entries.items()):
+            # memfd segments leave no trace in /dev/shm's state: checked each time
+            if not changed and not _segment.is_memfd(other[0]):
+                continue
+            if cached.identity.same_mapping(_segment.identity(other[0])):
+                continue
+            if served and other == key:
+                complete = False  # gone, but named by this pickle: serve it once more
+            else:
+                _entries.pop(other, None)
+        if changed:
             _checked_state = state if complete else None
     hit = _entries.get(key)
     if hit is not None and (identity is None or hit.identity.same_mapping(identity)):
@@ -171,17 +177,23 @@ def attach(
 
 
 def create(
-    name: str, size: int, chunks: Iterable[tuple[int, Bytes]], layout: Layout, *, filled: bool
-) -> Mapped:
+    name: str | None,
+    size: int,
+    chunks: Iterable[tuple[int, Bytes]],
+    layout: Layout,
+    *,
+    filled: bool,
+    backend: _segment.Backend = _segment.NAMED,
+) -> tuple[str, Mapped]:
     """`_segment.create`, remembering the creator's mapping for later attaches here."""
-    segment, identity = _segment.create(name, size, chunks, filled=filled)
+    name, segment, identity = _segment.create(name, size, chunks, filled=filled, backend=backend)
     try:
         mapped = Mapped.of(segment, identity, layout)
     except (ValueError, TypeError) as exc:  # NumPy refused the layout: leave nothing behind
         _segment.unlink(name)
         raise LayoutError(f"cannot lay out segment {name!r}: {exc}", segment=name) from None
     _remember((name, False), mapped)
-    return mapped
+    return name, mapped
 
 
 def let_go(name: str, readonly: bool, segment: Bytes, handle: object) -> None:

@@ -11,6 +11,7 @@ SharedMemoryArrayError(Exception)
 ├── SegmentExistsError(FileExistsError)
 ├── NotOwnerError(PermissionError)
 ├── UntrustedSegmentError(PermissionError)
+├── FrozenSegmentError(PermissionError)
 ├── OutOfSharedMemoryError(OSError, MemoryError)
 ├── LockTimeoutError(TimeoutError)
 ├── InvalidNameError(ValueError)
@@ -31,6 +32,7 @@ import errno
 __all__ = [
     "ClosedHandleError",
     "ForeignHostError",
+    "FrozenSegmentError",
     "InvalidNameError",
     "LayoutError",
     "LockTimeoutError",
@@ -130,6 +132,18 @@ class UntrustedSegmentError(SharedMemoryArrayError, PermissionError):
     def __init__(self, message: str, *, segment: str | None = None) -> None:
         super().__init__(message, segment=segment)
         self.errno = errno.EACCES
+
+
+class FrozenSegmentError(SharedMemoryArrayError, PermissionError):
+    """A frozen segment (see `SharedMemoryArray.freeze`) was to be mapped writable.
+
+    No process may write to it again: attach it with ``readonly=True``, or pass
+    a read-only handle (`SharedMemoryArray.as_readonly`).
+    """
+
+    def __init__(self, message: str, *, segment: str | None = None) -> None:
+        super().__init__(message, segment=segment)
+        self.errno = errno.EPERM
 
 
 class OutOfSharedMemoryError(SharedMemoryArrayError, OSError, MemoryError):

@@ -7,14 +7,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._array import Order, SharedMemoryArray
+from ._array import Backend, Order, SharedMemoryArray
 from ._layout import ShapeLike
 
 __all__ = ["empty", "share", "zeros"]
 
 
 def share(
-    data: npt.ArrayLike, *, manager: object = None, name: str | None = None
+    data: npt.ArrayLike,
+    *,
+    manager: object = None,
+    name: str | None = None,
+    backend: Backend | None = None,
 ) -> SharedMemoryArray[Any]:
     """Copy ``data`` into shared memory and return the owner handle.
 
@@ -33,6 +37,8 @@ def share(
     name : str, optional
         Name of the new segment (rules in `SharedMemoryArray.allocate`); by
         default a fresh ``sma_<pid>_<16 hex digits>``.
+    backend : {'auto', 'named', 'memfd'}, optional
+        The kind of segment (see `SharedMemoryArray.allocate`).
 
     Returns
     -------
@@ -66,7 +72,7 @@ def share(
     ...     shared.as_array().tolist()
     [0, 1, 2, 3]
     """
-    return SharedMemoryArray.copy(manager, data, name=name)
+    return SharedMemoryArray.copy(manager, data, name=name, backend=backend)
 
 
 def zeros(
@@ -76,6 +82,7 @@ def zeros(
     order: Order = "C",
     manager: object = None,
     name: str | None = None,
+    backend: Backend | None = None,
 ) -> SharedMemoryArray[Any]:
     """Return the owner handle of a new zero-filled shared array, like ``numpy.zeros``.
 
@@ -97,6 +104,8 @@ def zeros(
     name : str, optional
         Name of the new segment (rules in `SharedMemoryArray.allocate`); by
         default a fresh ``sma_<pid>_<16 hex digits>``.
+    backend : {'auto', 'named', 'memfd'}, optional
+        The kind of segment (see `SharedMemoryArray.allocate`).
 
     Returns
     -------
@@ -129,7 +138,9 @@ def zeros(
     ...     out.shape, str(out.dtype), out.owner, int(out.as_array().sum())
     ((2, 3), 'int16', True, 0)
     """
-    return SharedMemoryArray.allocate(manager, shape, dtype, order=order, name=name)
+    return SharedMemoryArray.allocate(
+        manager, shape, dtype, order=order, name=name, backend=backend
+    )
 
 
 def empty(
@@ -139,6 +150,7 @@ def empty(
     order: Order = "C",
     manager: object = None,
     name: str | None = None,
+    backend: Backend | None = None,
 ) -> SharedMemoryArray[Any]:
     """Return the owner handle of a new shared array, like ``numpy.empty``.
 
@@ -162,6 +174,8 @@ def empty(
     name : str, optional
         Name of the new segment (rules in `SharedMemoryArray.allocate`); by
         default a fresh ``sma_<pid>_<16 hex digits>``.
+    backend : {'auto', 'named', 'memfd'}, optional
+        The kind of segment (see `SharedMemoryArray.allocate`).
 
     Returns
     -------
@@ -187,4 +201,6 @@ def empty(
         ``/dev/shm`` cannot hold the segment, or has no inode left for it.
         Nothing is left behind.
     """
-    return SharedMemoryArray.allocate(manager, shape, dtype, order=order, name=name)
+    return SharedMemoryArray.allocate(
+        manager, shape, dtype, order=order, name=name, backend=backend
+    )

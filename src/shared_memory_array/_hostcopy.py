@@ -88,7 +88,7 @@ def create(data: np.ndarray[Any, Any], fortran: bool, name: str) -> tuple[str, I
     """
     dims, dtype = _layout.normalize(data.shape, data.dtype)
     fortran = fortran and len(dims) > 1
-    mapped = _write.create(name, dims, dtype, fortran, data, keeper=os.getpid())
+    _, mapped = _write.create(name, dims, dtype, fortran, data, keeper=os.getpid())
     _cache.forget(name)  # the mapping goes with ``mapped``; tasks attach read-only
     if _members:
         join(name, mapped.identity)

@@ -65,9 +65,10 @@ def register_creator(name: str) -> None:
     tracker of a process that merely attached unlinks the segment when that process
     exits, destroying the creator's data), and it does not register-then-unregister
     either: a multiprocessing child shares its parent's tracker, whose single entry
-    per name the unregister would remove.
+    per name the unregister would remove.  memfd segments need no tracker: the
+    kernel frees them with their creator.
     """
-    if _POSIX:
+    if _POSIX and not _segment.is_memfd(name):
         resource_tracker.register("/" + name, "shared_memory")
 
 
@@ -84,7 +85,7 @@ def start_tracker() -> None:
 
 def unregister_creator(name: str) -> None:
     """Undo `register_creator` once the creator has unlinked ``name`` itself."""
-    if _POSIX:
+    if _POSIX and not _segment.is_memfd(name):
         resource_tracker.unregister("/" + name, "shared_memory")
 
 

@@ -253,7 +253,7 @@ def _ship(array: np.ndarray[Any, Any]) -> Any:
     try:
         shape, dtype = _layout.normalize(array.shape, array.dtype)
         with _interrupts.deferred():
-            made = _write.create(
+            _, made = _write.create(
                 name, shape, dtype, _layout.is_fortran(array), array, keeper=os.getpid()
             )
             _cache.forget(name)  # this process is done with it

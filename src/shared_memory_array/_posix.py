@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _interrupts, _layout, _namespace
+from . import _interrupts, _layout, _names, _namespace
 from ._errors import (
     InvalidNameError,
     OutOfSharedMemoryError,
@@ -141,7 +141,7 @@ def _unmapped_when_unused(mapping: _Mapping, address: int, length: int) -> None:
             _prune_at = max(64, 2 * len(_unmappers))
 
 
-def _map(fd: int, size: int, writable: bool, private: bool = False) -> Bytes:
+def map_fd(fd: int, size: int, writable: bool, private: bool = False) -> Bytes:
     """Map ``fd``'s first ``size`` bytes; ``private``: writable, copy-on-write
     (``MAP_PRIVATE``), so writes stay in this mapping and never reach the segment."""
     if size == 0:  # mmap rejects empty mappings; an empty array needs none
@@ -175,6 +175,18 @@ def free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
+def has_room(size: int) -> bool:
+    """Whether the shared memory filesystem can take ``size`` more bytes and still
+    keep a margin free for others: an eighth of it, at least 16 MiB (True if it
+    cannot be told)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return True
+    margin = max(16 << 20, st.f_blocks * st.f_frsize // 8)
+    return st.f_bavail * st.f_frsize >= size + margin
+
+
 def _out_of_memory(name: str, size: int) -> OutOfSharedMemoryError:
     free = free_bytes()
     where = f"{SHM_DIR} has {free} bytes free" if free is not None else "shared memory is full"
@@ -187,7 +199,7 @@ def _out_of_memory(name: str, size: int) -> OutOfSharedMemoryError:
     )
 
 
-def _pwrite_all(fd: int, offset: int, data: Bytes) -> None:
+def pwrite_all(fd: int, offset: int, data: Bytes) -> None:
     view = memoryview(data)  # type: ignore[arg-type,unused-ignore]  # ndarray exports a buffer
     while view.nbytes:
         written = os.pwrite(fd, view, offset)
@@ -195,7 +207,7 @@ def _pwrite_all(fd: int, offset: int, data: Bytes) -> None:
         offset += written
 
 
-def _identity(st: os.stat_result) -> Identity:
+def identity_of(st: os.stat_result) -> Identity:
     return Identity(st.st_dev, st.st_ino, st.st_size)
 
 
@@ -203,12 +215,12 @@ def identity(name: str) -> Identity | None:
     """Return the identity of segment ``name`` now, or ``None`` if there is none."""
     try:
         if _ON_LINUX:  # one stat() instead of shm_open + fstat + close
-            return _identity(os.stat(_path(name)))
+            return identity_of(os.stat(_path(name)))
         fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0o600)
     except (OSError, InvalidNameError):  # gone, or not ours to see: not the segment we knew
         return None
     try:
-        return _identity(os.fstat(fd))
+        return identity_of(os.fstat(fd))
     finally:
         os.close(fd)
 
@@ -314,12 +326,20 @@ if hasattr(os, "register_at_fork"):
 
 
 def create(
-    name: str, size: int, chunks: Iterable[tuple[int, Bytes]] = (), *, filled: bool = False
-) -> tuple[Bytes, Identity]:
+    name: str | None,
+    size: int,
+    chunks: Iterable[tuple[int, Bytes]] = (),
+    *,
+    filled: bool = False,
+) -> tuple[str, Bytes, Identity]:
     """Create segment ``name`` of ``size`` bytes, write ``chunks`` into it and map it.
+
+    Returns its name, mapping and identity.
 
     Parameters
     ----------
+    name
+        The segment's name; None: a fresh one (`_names.generate`).
     chunks
         ``(offset, bytes)`` pairs to write before the segment is mapped.
     filled
@@ -333,8 +353,9 @@ def create(
     Call it inside `_interrupts.deferred`: a Ctrl-C is delivered between blocks,
     where the draft is sure to be removed.  Mode 0600; nothing is left on failure.
     """
+    name = name or _names.generate()
     if not _ON_LINUX:  # pragma: no cover - macOS: no /dev/shm to link in
-        return _create_in_place(name, size, chunks, filled)
+        return (name, *_create_in_place(name, size, chunks, filled))
     path = _path(name)
     if os.path.lexists(path):  # fail before a long copy; the link below decides
         raise _exists(name)
@@ -354,9 +375,9 @@ def create(
             failure = exc
         else:
             try:
-                segment = _map(fd, size, writable=True) if renamed else _map_linked(path, st)
+                segment = map_fd(fd, size, writable=True) if renamed else _map_linked(path, st)
             except BaseException:
-                if _identity(st).same_file(identity(name)):  # never another's segment
+                if identity_of(st).same_file(identity(name)):  # never another's segment
                     os.unlink(path)
                 raise
     finally:
@@ -366,7 +387,7 @@ def create(
             os.unlink(draft)
     if failure is not None:  # raised once the draft is gone, so free space is right
         raise _creation_error(failure, name, size)
-    return segment, _identity(st)
+    return name, segment, identity_of(st)
 
 
 def _publish(draft: str, path: str) -> bool:
@@ -387,9 +408,9 @@ def _map_linked(path: str, expected: os.stat_result) -> Bytes:
     """Map a segment published by a link through its real name (see `_publish`)."""
     fd = os.open(path, os.O_RDWR | _OPEN_FLAGS)
     try:
-        if not _identity(expected).same_file(_identity(os.fstat(fd))):
+        if not identity_of(expected).same_file(identity_of(os.fstat(fd))):
             raise FileNotFoundError(errno.ENOENT, "replaced as it was made", path)
-        return _map(fd, expected.st_size, writable=True)
+        return map_fd(fd, expected.st_size, writable=True)
     finally:
         os.close(fd)
 
@@ -425,7 +446,7 @@ def _fill(fd: int, size: int, chunks: Iterable[tuple[int, Bytes]], filled: bool)
     else:
         reserve(fd, size)
     for offset, data in chunks:
-        _pwrite_all(fd, offset, data)
+        pwrite_all(fd, offset, data)
         _interrupts.safe_point()
 
 
@@ -439,7 +460,7 @@ def _create_in_place(  # pragma: no cover - macOS
         raise _exists(name) from None
     try:
         os.ftruncate(fd, size)
-        segment = _map(fd, size, writable=True)
+        segment = map_fd(fd, size, writable=True)
         for offset, data in chunks:
             segment[offset : offset + data.size] = data
         st = os.fstat(fd)
@@ -448,10 +469,10 @@ def _create_in_place(  # pragma: no cover - macOS
         _posixshmem.shm_unlink("/" + name)
         raise
     os.close(fd)
-    return segment, _identity(st)
+    return segment, identity_of(st)
 
 
-def _read_head(fd: int, segment: Bytes) -> tuple[bytes, int]:
+def read_head(fd: int, segment: Bytes) -> tuple[bytes, int]:
     """Return the segment's first bytes, holding its whole header, and the header's length."""
     # pread() rather than reading the mapping: touching the mapping would fault in
     # its first page (several microseconds, and a dearer munmap later).  macOS shm
@@ -521,7 +542,7 @@ def _not_a_segment(name: str, kind: int) -> SegmentNotFoundError:
     )
 
 
-def _check_trusted(name: str, st: os.stat_result) -> None:
+def check_trusted(name: str, st: os.stat_result) -> None:
     if st.st_uid != os.geteuid():
         problem = f"is owned by user {st.st_uid}, not by this user ({os.geteuid()})"
     elif st.st_mode & 0o022:
@@ -553,17 +574,17 @@ def open_existing(
     fd, st = open_file(name, writable=writable and not private)
     try:
         if trusted_only:
-            _check_trusted(name, st)
+            check_trusted(name, st)
         size = st.st_size
-        segment = _map(fd, size, writable, private)
+        segment = map_fd(fd, size, writable, private)
         try:
-            head, header_length = _read_head(fd, segment)
+            head, header_length = read_head(fd, segment)
             if size and not header_length and st.st_blocks * 512 < size:
                 _reserve_sparse(fd, name, size, st.st_blocks * 512)
         except BaseException:
             segment = None  # type: ignore[assignment]  # unmapped before the exception travels
             raise
-        return segment, _identity(st), head
+        return segment, identity_of(st), head
     finally:
         os.close(fd)
 

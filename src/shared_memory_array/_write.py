@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _cache, _layout
+from . import _cache, _layout, _segment
 from ._layout import Layout
 from ._segment import Bytes
 
@@ -65,26 +65,32 @@ def _pieces(
 
 
 def create(
-    name: str,
+    name: str | None,
     shape: tuple[int, ...],
     dtype: np.dtype[Any],
     fortran: bool,
     source: np.ndarray[Any, Any] | None,
     *,
     keeper: int,
-) -> _cache.Mapped:
-    """Make segment ``name`` holding an array of this layout, zeros or ``source``'s values.
+    backend: str | None = "named",
+) -> tuple[str, _cache.Mapped]:
+    """Make a segment holding an array of this layout, zeros or ``source``'s values;
+    return its name and mapping.
 
-    ``keeper`` is the pid of the process that will unlink it (recorded in the
-    header for ``clean``); the creator is this process.  Call inside
-    `_interrupts.deferred` where a Ctrl-C must not leak it.
+    ``name``: a named segment of that name; None: a fresh segment of the kind
+    ``backend`` asks for (see `_segment.choose`).  ``keeper`` is the pid of the
+    process that will unlink it (recorded in the header for ``clean``); the
+    creator is this process.  Call inside `_interrupts.deferred` where a Ctrl-C
+    must not leak it.
     """
     header, offset = _layout.encode(shape, dtype, fortran, os.getpid(), keeper)
     layout = Layout(shape, dtype, fortran, offset)
+    size = offset + layout.nbytes
     return _cache.create(
         name,
-        offset + layout.nbytes,
+        size,
         _pieces(header, offset, source, fortran),
         layout,
         filled=source is not None,
+        backend=_segment.NAMED if name is not None else _segment.choose(backend, size),
     )

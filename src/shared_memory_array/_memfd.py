@@ -1,0 +1,326 @@
+"""memfd segments (Linux): shared memory that no ``/dev/shm`` mount limits and that cannot leak.
+
+``memfd_create`` makes an anonymous file in the kernel's own shared memory
+filesystem: only the memory cgroup limits it, and the kernel frees it when the
+last descriptor and mapping are gone, so a killed program leaves nothing.  Its
+creator keeps one descriptor open; any process of the same user in the same PID
+namespace opens it again through ``/proc/<creator pid>/fd/<n>`` while the creator
+holds it.  So a segment's name says where it is: ``sma_<pid>_fd<n>_<16 hex
+digits>``, and the file carries the label ``sma_<16 hex digits>`` (what
+``/proc/<pid>/fd/<n>`` shows as ``/memfd:sma_<hex> (deleted)``), which tells it
+from whatever file takes that descriptor number later.
+
+Closing the creator's descriptor is this backend's unlink: attaching by name is
+refused from then on, and the memory goes with the last mapping.  A fork()ed
+child closes the descriptors it inherits (see `_after_fork_in_child`), so that
+only the creator keeps a segment reachable.  Segments are sealed against
+shrinking and growing once written (no process can truncate one under another's
+mapping, which would SIGBUS it), and `freeze` seals them against writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import resource
+import secrets
+import sys
+import threading
+from collections.abc import Iterable
+
+from . import _interrupts, _layout, _posix
+from ._errors import FrozenSegmentError, OutOfSharedMemoryError, SegmentNotFoundError
+from ._posix import Bytes, Identity
+
+AVAILABLE = (
+    sys.platform.startswith("linux")
+    and hasattr(os, "memfd_create")
+    and os.path.isdir("/proc/self/fd")
+)
+# fcntl lacks some of these names before Python 3.9 or on old C libraries.
+_F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+_F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
+_F_SEAL_GROW = getattr(fcntl, "F_SEAL_GROW", 0x0004)
+_F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)  # Linux 5.1+
+_FLAGS = getattr(os, "MFD_CLOEXEC", 1) | getattr(os, "MFD_ALLOW_SEALING", 2)
+
+_NAME = re.compile(r"sma_(\d+)_fd(\d+)_([0-9a-f]{16})\Z")
+_LABEL = re.compile(r"/memfd:(sma_[0-9a-f]{16}) \(deleted\)\Z")
+
+# The descriptors of the segments this process made and still holds, by name.
+_owned: dict[str, int] = {}
+_owned_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _owned_lock
+    _owned_lock = threading.Lock()  # another thread may have held it at fork()
+    for fd in _owned.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _owned.clear()
+
+
+if AVAILABLE:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def is_memfd(name: str) -> bool:
+    """Whether ``name`` is a memfd segment's (only this backend makes such names)."""
+    return _NAME.match(name) is not None
+
+
+def _parts(name: str) -> tuple[int, int, str]:
+    found = _NAME.match(name)
+    assert found is not None, name  # callers dispatch on is_memfd
+    return int(found[1]), int(found[2]), f"sma_{found[3]}"
+
+
+def _where(name: str) -> str:
+    pid, fd, _ = _parts(name)
+    return f"/proc/{pid}/fd/{fd}"
+
+
+def _gone(name: str) -> SegmentNotFoundError:
+    pid = _parts(name)[0]
+    if os.path.exists(f"/proc/{pid}"):
+        why = f"its creator, process {pid}, has closed it (or is in another PID namespace)"
+    else:
+        why = (
+            f"its creator, process {pid}, has exited, or runs in another PID namespace, "
+            "which memfd segments cannot reach (use backend='named' there)"
+        )
+    return SegmentNotFoundError(f"memfd segment {name!r} cannot be attached: {why}", segment=name)
+
+
+def _refused(name: str) -> PermissionError:
+    pid = _parts(name)[0]
+    return PermissionError(
+        errno.EACCES,
+        f"memfd segment {name!r} cannot be reopened through /proc/{pid}/fd: the kernel "
+        "refuses it (another user's process, a non-dumpable creator, or /proc mounted "
+        "with hidepid); use named segments (backend='named') across such a boundary",
+    )
+
+
+def _raise_fd_limit() -> bool:
+    """Raise the soft limit of open files towards the hard one; False if at it already."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return False
+    wanted = soft * 2 if hard == resource.RLIM_INFINITY else min(hard, max(soft * 2, 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return True
+
+
+def _new_fd(label: str) -> int:
+    try:
+        return os.memfd_create(label, _FLAGS)
+    except OSError as exc:
+        # Each owned segment keeps a descriptor: at the limit, raise the soft limit
+        # to the hard one once, as PyTorch does for its shared tensors.
+        if exc.errno != errno.EMFILE or not _raise_fd_limit():
+            if exc.errno == errno.EMFILE:
+                raise OSError(
+                    errno.EMFILE,
+                    "cannot make a memfd segment: this process has as many open files as "
+                    "its hard limit allows (each memfd segment it owns keeps one open); "
+                    "close some, or raise the limit (ulimit -Hn)",
+                ) from None
+            raise
+    return os.memfd_create(label, _FLAGS)
+
+
+def _out_of_memory(name: str, size: int) -> OutOfSharedMemoryError:
+    return OutOfSharedMemoryError(
+        f"cannot reserve {size} bytes for memfd segment {name!r}: the memory (or this "
+        "container's memory limit) is exhausted",
+        segment=name,
+        requested=size,
+    )
+
+
+def create(
+    name: str | None, size: int, chunks: Iterable[tuple[int, Bytes]] = (), *, filled: bool = False
+) -> tuple[str, Bytes, Identity]:
+    """Make a memfd segment of ``size`` bytes holding ``chunks``; return its name,
+    mapping and identity.  This process keeps it reachable until `unlink`.
+
+    ``name`` must be None: a memfd segment's name says where it is, so it is made here.
+
+    The memory is reserved first (``filled``: by writing every byte; else with
+    ``posix_fallocate``), so a full memory cgroup gives `OutOfSharedMemoryError`
+    here rather than the OOM killer later.  The chunk at offset 0, the header, is
+    written last: a segment is reachable from its creation (``list`` shows it), and
+    a header is what tells a complete one.  Call inside `_interrupts.deferred`.
+    """
+    if name is not None:
+        raise ValueError(f"memfd segments cannot be given a name (got {name!r})")
+    token = secrets.token_hex(8)
+    fd = _new_fd(f"sma_{token}")
+    name = f"sma_{os.getpid()}_fd{fd}_{token}"
+    try:
+        os.fchmod(fd, 0o600)  # memfds start 0777
+        head: list[tuple[int, Bytes]] = []
+        try:
+            if filled:
+                os.ftruncate(fd, size)
+            else:
+                _posix.reserve(fd, size)
+            for offset, data in chunks:
+                if offset == 0:
+                    head.append((offset, data))
+                    continue
+                _posix.pwrite_all(fd, offset, data)
+                _interrupts.safe_point()
+            for offset, data in head:
+                _posix.pwrite_all(fd, offset, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EDQUOT):
+                raise _out_of_memory(name, size) from None
+            raise
+        fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW)
+        segment = _posix.map_fd(fd, size, writable=True)
+        found = _posix.identity_of(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with _owned_lock:
+        _owned[name] = fd
+    return name, segment, found
+
+
+def open_file(name: str, *, writable: bool) -> tuple[int, os.stat_result]:
+    """Open memfd segment ``name`` through its creator's ``/proc`` entry, checking
+    that the descriptor there is still this segment."""
+    try:
+        fd = os.open(_where(name), (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _gone(name) from None
+    except PermissionError:
+        raise _refused(name) from None
+    try:
+        found = _LABEL.match(os.readlink(f"/proc/self/fd/{fd}"))
+        if found is None or found[1] != _parts(name)[2]:  # the number now names another file
+            raise _gone(name)
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_existing(
+    name: str, *, writable: bool = True, trusted_only: bool = False, private: bool = False
+) -> tuple[Bytes, Identity, bytes]:
+    """Map the whole of memfd segment ``name`` (see `_posix.open_existing`)."""
+    fd, st = open_file(name, writable=writable and not private)
+    try:
+        if trusted_only:
+            _posix.check_trusted(name, st)
+        try:
+            segment = _posix.map_fd(fd, st.st_size, writable, private)
+        except PermissionError:  # F_SEAL_FUTURE_WRITE refuses shared writable mappings
+            raise FrozenSegmentError(
+                f"memfd segment {name!r} is frozen: no process may map it writable; "
+                "attach it with readonly=True, or pass handle.as_readonly()",
+                segment=name,
+            ) from None
+        head, length = _posix.read_head(fd, segment)
+        if not length:
+            segment = None  # type: ignore[assignment]  # unmapped before the error travels
+            raise SegmentNotFoundError(
+                f"memfd segment {name!r} is still being made (no header yet)", segment=name
+            )
+        return segment, _posix.identity_of(st), head
+    finally:
+        os.close(fd)
+
+
+def identity(name: str) -> Identity | None:
+    """What ``name`` leads to now; None if its creator no longer holds it."""
+    try:
+        return _posix.identity_of(os.stat(_where(name)))
+    except OSError:
+        return None
+
+
+def exists(name: str) -> bool:
+    """Whether memfd segment ``name`` can be attached (its creator holds it)."""
+    try:
+        found = _LABEL.match(os.readlink(_where(name)))
+    except OSError:
+        return False
+    return found is not None and found[1] == _parts(name)[2]
+
+
+def rename(name: str, new: str) -> None:
+    """memfd segments cannot be renamed: their name says where they are."""
+    raise OSError(errno.ENOTSUP, f"memfd segment {name!r} cannot be renamed")
+
+
+def unlink(name: str) -> bool:
+    """Close this process's descriptor of segment ``name``: no process can attach it
+    afterwards.  False if this process does not hold it (not its creator, or closed)."""
+    with _owned_lock:
+        fd = _owned.pop(name, None)
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def freeze(name: str) -> None:
+    """Seal segment ``name`` against writing: no new writable shared mapping, ever.
+
+    Mappings that exist stay as they are.  Only the creator, while it holds it.
+    """
+    with _owned_lock:
+        fd = _owned.get(name)
+    if fd is None:
+        raise _gone(name)
+    fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_FUTURE_WRITE)
+
+
+def holders() -> dict[str, list[int]]:
+    """Map the name of each memfd segment this user can see to the pids that have it
+    open or mapped (Linux; readable ``/proc`` entries only, so this user's processes)."""
+    users: dict[str, set[int]] = {}  # by label
+    names: dict[str, str] = {}  # label: name, from the descriptor of the creator
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{entry}/maps") as maps:
+                for line in maps:
+                    if "/memfd:sma_" in line:
+                        label = line.split("/memfd:", 1)[1].split(" ", 1)[0]
+                        users.setdefault(label, set()).add(pid)
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                path = f"/proc/{entry}/fd/{fd}"
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    found = _LABEL.match(os.readlink(path))
+                    if found is None:
+                        continue
+                    label = found[1]
+                    users.setdefault(label, set()).add(pid)
+                    if label not in names and _made_by(path, pid):
+                        names[label] = f"sma_{pid}_fd{fd}_{label[4:]}"
+        except OSError:  # gone, or not ours to read
+            continue
+    return {name: sorted(users[label]) for label, name in names.items()}
+
+
+def _made_by(path: str, pid: int) -> bool:
+    """Whether the segment open at ``path`` (in process ``pid``) was made by ``pid``,
+    as its header says: only its creator's descriptor gives a segment its name."""
+    with open(path, "rb") as file:
+        return _layout.origin(file.read(256)).creator == pid
+
+
+def names() -> list[str]:
+    """The names of the memfd segments this user's processes hold."""
+    return sorted(holders())

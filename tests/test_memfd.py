@@ -1,0 +1,339 @@
+"""memfd segments: shared past a small /dev/shm, reachable while their creator lives, leak-free."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import run_python, total
+from shared_memory_array import (
+    FrozenSegmentError,
+    InvalidNameError,
+    NotOwnerError,
+    SegmentNotFoundError,
+    SharedMemoryArray,
+    SharedMemoryManager,
+    list_segments,
+    segment_info,
+    share,
+)
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="memfd segments need Linux's memfd_create"
+)
+
+
+def _memfd_labels() -> list[str]:
+    """The memfd segments this process holds a descriptor of."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:sma_"):
+            found.append(target)
+    return found
+
+
+def _write_from_worker(handle: SharedMemoryArray[np.float64]) -> float:
+    array = handle.as_array()
+    array[0] = 42.0
+    return float(array[1:].sum())
+
+
+def test_workers_of_every_start_method_share_a_memfd_array_both_ways(context):
+    with SharedMemoryArray.copy(None, np.arange(6.0), backend="memfd") as shared:
+        assert shared.backend == "memfd"
+        with context.Pool(2) as pool:
+            assert pool.map(total, [shared, shared[2:], shared.as_readonly()]) == [15.0, 14.0, 15.0]
+            assert pool.apply(_write_from_worker, (shared,)) == 15.0
+        assert shared.as_array()[0] == 42.0
+
+
+def test_a_separately_started_interpreter_attaches_by_name_and_writes_through():
+    with SharedMemoryArray.copy(None, np.arange(5), backend="memfd") as shared:
+        result = run_python(
+            """
+            import sys
+            from shared_memory_array import SharedMemoryArray
+            with SharedMemoryArray.attach(sys.argv[1]) as attached:
+                print(attached.backend, attached.as_array().tolist())
+                attached.as_array()[0] = 7
+            """,
+            shared.name,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split("\n")[0] == "memfd [0, 1, 2, 3, 4]"
+        assert result.stderr == ""
+        assert shared.as_array()[0] == 7
+
+
+def test_the_owner_closing_keeps_views_and_refuses_new_attaches_saying_why():
+    shared = SharedMemoryArray.copy(None, np.arange(3.0), backend="memfd")
+    name, view = shared.name, shared.as_array()
+    pickled = pickle.dumps(shared)
+    shared.close()
+    assert view.tolist() == [0.0, 1.0, 2.0]  # the mapping outlives the descriptor
+    with pytest.raises(SegmentNotFoundError, match=f"{name}.*process {os.getpid()}, has closed it"):
+        SharedMemoryArray.attach(name)
+    with pytest.raises(SegmentNotFoundError):
+        pickle.loads(pickled).as_array()
+    assert _memfd_labels() == []
+
+
+def test_attach_after_the_creator_exited_is_segment_not_found():
+    result = run_python(
+        """
+        import numpy as np
+        from shared_memory_array import SharedMemoryArray
+        print(SharedMemoryArray.copy(None, np.ones(4), backend="memfd").name)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    name = result.stdout.strip()
+    with pytest.raises(SegmentNotFoundError, match="has exited"):
+        SharedMemoryArray.attach(name)
+
+
+def test_a_descriptor_number_taken_by_another_file_is_not_the_segment():
+    with SharedMemoryArray.copy(None, np.ones(4), backend="memfd") as shared:
+        pid, fd = os.getpid(), int(shared.name.split("_fd")[1].split("_")[0])
+        other = f"sma_{pid}_fd{fd}_{'0' * 16}"  # the same place, another label
+        with pytest.raises(SegmentNotFoundError, match="has closed it"):
+            SharedMemoryArray.attach(other)
+
+
+def test_a_memfd_still_being_written_cannot_be_attached():
+    fd = os.memfd_create("sma_" + "ab" * 8, os.MFD_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 8192)  # no header yet: what a copy() looks like half way
+        name = f"sma_{os.getpid()}_fd{fd}_{'ab' * 8}"
+        with pytest.raises(SegmentNotFoundError, match="still being made"):
+            SharedMemoryArray.attach(name)
+    finally:
+        os.close(fd)
+
+
+def test_forked_children_close_the_owners_descriptors():
+    with SharedMemoryArray.copy(None, np.ones(4), backend="memfd") as shared:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: no descriptor of the parent's segment, still attachable
+            try:
+                attached = SharedMemoryArray.attach(shared.name)
+                os.write(write, f"{len(_memfd_labels())} {total(attached)}".encode())
+                attached.close()
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as reader:
+            assert reader.read() == "0 4.0"
+        assert os.waitpid(pid, 0)[1] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_another_user_cannot_attach():
+    with SharedMemoryArray.copy(None, np.ones(4), backend="memfd") as shared:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child becomes another user, then tries
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    SharedMemoryArray.attach(shared.name)
+                except PermissionError as error:
+                    os.write(write, f"refused: {error}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as reader:
+            said = reader.read()
+        assert os.waitpid(pid, 0)[1] == 0
+    assert said.startswith("refused:") and "another user" in said
+
+
+def _attach_writable(name: str) -> str:
+    try:
+        SharedMemoryArray.attach(name).as_array()
+    except FrozenSegmentError as error:
+        return f"frozen: {error}"
+    return "writable"
+
+
+def _read_only_sum(handle: SharedMemoryArray[np.float64]) -> tuple[float, bool]:
+    array = handle.as_array()
+    return float(array.sum()), bool(array.flags.writeable)
+
+
+def test_frozen_arrays_refuse_writable_mappings_in_every_process(context):
+    with SharedMemoryArray.copy(None, np.arange(4.0), backend="memfd") as shared:
+        shared.freeze()
+        assert shared.readonly and not shared.as_array().flags.writeable
+        with pytest.raises(FrozenSegmentError, match="frozen"):
+            SharedMemoryArray.attach(shared.name)
+        with context.Pool(1) as pool:
+            refused = pool.apply(_attach_writable, (shared.name,))
+            read = pool.apply(_read_only_sum, (shared,))  # pickled read-only since frozen
+        assert refused.startswith(f"frozen: memfd segment {shared.name!r} is frozen")
+        assert read == (6.0, False)
+        readonly = SharedMemoryArray.attach(shared.name, readonly=True)
+        assert readonly.as_array().tolist() == [0.0, 1.0, 2.0, 3.0]
+        readonly.close()
+
+
+def test_only_the_owner_of_a_memfd_segment_freezes_it():
+    with (
+        SharedMemoryArray.copy(None, np.ones(2)) as named,
+        pytest.raises(OSError, match="named segment, which cannot be sealed"),
+    ):
+        named.freeze()
+    with SharedMemoryArray.copy(None, np.ones(2), backend="memfd") as shared:
+        attached = SharedMemoryArray.attach(shared.name)
+        with pytest.raises(NotOwnerError):
+            attached.freeze()
+        attached.close()
+
+
+def test_memfd_takes_no_chosen_name_no_manager_and_no_transfer():
+    with pytest.raises(InvalidNameError, match="take no chosen name"):
+        SharedMemoryArray.allocate(None, 3, name="mine", backend="memfd")
+    with pytest.raises(InvalidNameError, match="form of a memfd segment"):
+        SharedMemoryArray.allocate(None, 3, name=f"sma_1_fd3_{'0' * 16}")
+    with SharedMemoryManager() as manager:
+        with pytest.raises(TypeError, match="cannot keep a memfd segment"):
+            SharedMemoryArray.allocate(manager, 3, backend="memfd")
+        with SharedMemoryArray.allocate(manager, 3) as kept:
+            assert kept.backend == "named"
+    with (
+        SharedMemoryArray.allocate(None, 3, backend="memfd") as shared,
+        pytest.raises(OSError, match="cannot be transferred"),
+    ):
+        shared.transfer()
+
+
+def test_the_keyword_and_the_environment_variable_choose_the_backend(monkeypatch):
+    monkeypatch.setenv("SHARED_MEMORY_ARRAY_BACKEND", "memfd")
+    with share(np.ones(3)) as from_environment, share(np.ones(3), backend="named") as named:
+        assert (from_environment.backend, named.backend) == ("memfd", "named")
+    with share(np.ones(3), name=f"test_{os.getpid()}_chosen") as chosen:
+        assert chosen.backend == "named"  # a chosen name is a named segment
+    monkeypatch.setenv("SHARED_MEMORY_ARRAY_BACKEND", "disk")
+    with pytest.raises(ValueError, match="SHARED_MEMORY_ARRAY_BACKEND must be one of"):
+        share(np.ones(3))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        share(np.ones(3), backend="tmpfs")  # type: ignore[arg-type]
+    monkeypatch.delenv("SHARED_MEMORY_ARRAY_BACKEND")
+    with share(np.ones(3)) as small:
+        assert small.backend == "named"  # /dev/shm has room: named by default
+
+
+def test_list_and_info_show_memfd_segments_with_their_holders():
+    with SharedMemoryArray.copy(None, np.ones((2, 3)), backend="memfd") as shared:
+        listed = {info.name: info for info in list_segments()}
+        assert shared.name in listed
+        info = segment_info(shared.name)
+        assert (info.shape, info.creator_pid, info.mapped_by) == (
+            (2, 3),
+            os.getpid(),
+            [os.getpid()],
+        )
+    assert shared.name not in {info.name for info in list_segments()}
+
+
+_CREATOR = """
+import os, sys
+import multiprocessing
+import numpy as np
+from shared_memory_array import share
+
+def read(handle):
+    return float(handle.as_array()[::4096].sum()), os.getpid()
+
+if __name__ == "__main__":
+    data = np.ones(1 << 27)  # 1 GiB of float64
+    shared = share(data)  # the default API: no room in a 64 MiB /dev/shm, so memfd
+    del data
+    pool = multiprocessing.get_context("spawn").Pool(4)
+    results = pool.map(read, [shared] * 4, chunksize=1)  # each keeps its mapping cached
+    print(shared.backend, sorted({value for value, _ in results}), flush=True)
+    print(" ".join(str(child.pid) for child in multiprocessing.active_children()), flush=True)
+    sys.stdin.readline()  # killed while it waits
+"""
+
+_WATCHER = """
+import fcntl, os, signal, subprocess, sys, time
+
+def shmem():
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+
+# Shmem counts the whole machine: one such measurement at a time (CI runs two suites).
+lock = open("/tmp/shared-memory-array-shmem-test.lock", "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+before = shmem()
+creator = subprocess.Popen(
+    [sys.executable, sys.argv[1]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+)
+print(creator.stdout.readline().strip())
+workers = [int(pid) for pid in creator.stdout.readline().split()]
+print(len(workers), shmem() - before >= 1 << 30)
+for pid in [creator.pid, *workers]:
+    os.kill(pid, signal.SIGKILL)
+creator.wait()
+deadline = time.monotonic() + 10  # killed workers are reaped by init, not by us
+while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(shmem() - before < 64 << 20, os.listdir("/dev/shm"))
+"""
+
+
+def test_a_gib_shared_past_a_64_mib_dev_shm_is_freed_when_everyone_is_killed(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    creator = tmp_path / "creator.py"  # a file: spawn workers import their functions from it
+    creator.write_text(_CREATOR)
+    command = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1" "$2"',
+        sys.executable,
+        _WATCHER,
+        str(creator),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0 and "mount" in result.stderr and not result.stdout:
+        pytest.skip(f"cannot mount a private /dev/shm here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["memfd [32768.0]", "4 True", "True []"]
+
+
+def test_memfd_segments_are_never_given_to_the_resource_tracker():
+    # The kernel frees them with their last user: nothing for a tracker to do.
+    result = run_python(
+        """
+        import numpy as np
+        from multiprocessing import resource_tracker
+        from shared_memory_array import SharedMemoryArray
+        sent = []
+        resource_tracker._resource_tracker._send = lambda *args: sent.append(args)
+        SharedMemoryArray.copy(None, np.ones(3), backend="memfd").close()
+        print(sent)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

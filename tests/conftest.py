@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing import forkserver, resource_tracker
@@ -81,6 +82,20 @@ def _start_helpers() -> None:
     gc.freeze()
 
 
+def _dask_worker_processes_released() -> None:
+    """Wait until Dask has let go of its worker processes' pipes.
+
+    ``LocalCluster`` returns from closing before a nanny's worker process is fully
+    released: two threads per ``distributed.process.AsyncProcess`` (one joining the
+    process, one serving its message queue) hold the ``multiprocessing.Process``, and
+    so its pipes, until they end, shortly after.  On a loaded machine the leak check
+    used to run first and see four pipes (two workers).
+    """
+    for thread in threading.enumerate():
+        if thread.name.startswith("AsyncProcess "):
+            thread.join(timeout=60)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     if not sys.platform.startswith("linux"):
@@ -89,6 +104,7 @@ def no_leaks() -> Iterator[None]:
     segments_before = _segments()
     fds_before = _fds()
     yield
+    _dask_worker_processes_released()
     # A killed process's segments are removed by another process, asynchronously.
     deadline = time.monotonic() + 5
     while True:

@@ -10,7 +10,6 @@ import gc
 import os
 import pickle
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -116,22 +115,6 @@ def pretend_to_run_on(host: str) -> None:
 def only_name(published: Any) -> str:
     [name] = published.hosts.values()
     return name
-
-
-@pytest.fixture(autouse=True)
-def worker_processes_released() -> Iterator[None]:
-    """After each test, wait until Dask has let go of its worker processes' pipes.
-
-    ``LocalCluster`` returns from closing before a nanny's worker process is fully
-    released: two threads per ``distributed.process.AsyncProcess`` (one joining the
-    process, one serving its message queue) hold the ``multiprocessing.Process``, and
-    so its pipes, until they end, shortly after.  On a loaded machine the leak check
-    (tests/conftest.py) used to run first and see four pipes (two workers).
-    """
-    yield
-    for thread in threading.enumerate():
-        if thread.name.startswith("AsyncProcess "):
-            thread.join(timeout=60)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import run_python, total
+from helpers import row_sum, run_python, total
 from shared_memory_array import (
     FrozenSegmentError,
     InvalidNameError,
@@ -337,3 +337,49 @@ def test_memfd_segments_are_never_given_to_the_resource_tracker():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_joblib_and_dask_tasks_read_a_memfd_array():
+    joblib = pytest.importorskip("joblib", reason="joblib is an optional test dependency")
+    dask = pytest.importorskip("dask", reason="dask is an optional test dependency")
+    distributed = pytest.importorskip("distributed", reason="an optional test dependency")
+    data = np.arange(40.0).reshape(8, 5)
+    expected = data.sum(axis=1).tolist()
+    with SharedMemoryArray.copy(None, data, backend="memfd") as shared:
+        tasks = [(shared, row) for row in range(8)]
+        with joblib.parallel_backend("loky", n_jobs=2):
+            assert joblib.Parallel()(joblib.delayed(row_sum)(task) for task in tasks) == expected
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
+        delayed = [dask.delayed(row_sum)(task) for task in tasks]
+        assert list(dask.compute(*delayed, scheduler="processes", num_workers=2)) == expected
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            assert client.gather(client.map(row_sum, tasks)) == expected
+
+
+def test_running_out_of_descriptors_raises_the_soft_limit_then_a_clear_error():
+    result = run_python(
+        """
+        import errno, resource
+        import numpy as np
+        from shared_memory_array import SharedMemoryArray
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 128))
+        kept = []
+        try:
+            while True:
+                kept.append(SharedMemoryArray.allocate(None, 1, backend="memfd"))
+        except OSError as error:
+            print(error.errno == errno.EMFILE, len(kept) > 64, "ulimit -Hn" in str(error))
+        print(resource.getrlimit(resource.RLIMIT_NOFILE))
+        for handle in kept:
+            handle.close()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True True True", "(128, 128)"]

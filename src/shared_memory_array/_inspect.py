@@ -280,7 +280,7 @@ def clean_left_by(pids: Collection[int]) -> list[SegmentInfo]:
     if not pids or not sys.platform.startswith("linux"):
         return []
     mine = []
-    for name in _segment.names():
+    for name in _segment.names(memfd=False):  # a memfd is gone with its maker
         draft = _namespace.parse_draft(name)
         if (draft.pid if draft is not None else _names.maker(name)) in pids:
             mine.append(name)

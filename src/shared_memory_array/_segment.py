@@ -184,10 +184,11 @@ def freeze(name: str) -> None:
     _memfd.freeze(name)
 
 
-def names() -> list[str]:
-    """The names of all segments this process can see: ``/dev/shm``'s and memfd ones."""
+def names(*, memfd: bool = True) -> list[str]:
+    """The names of all segments this process can see: ``/dev/shm``'s, and memfd
+    ones unless ``memfd`` is False (finding those reads every process's ``/proc``)."""
     found = _posix.names()
-    return found + _memfd.names() if _memfd.AVAILABLE else found
+    return found + _memfd.names() if memfd and _memfd.AVAILABLE else found
 
 
 def holders() -> dict[str, list[int]]:

@@ -26,6 +26,7 @@ from .report import MICRO, TIMES, Report, Section, fmt_range, fmt_ratio, markdow
 
 FLOOR = "raw floor: shm_open + fstat + mmap + close; munmap"
 COLD = "**ours** cold: release_cached_mappings(); attach(name).as_array(); close()"
+MEMFD_COLD = "**ours** cold, memfd segment: the same"
 OTHERS = 8  # small segments cached in the child for the "crowded cache" row
 
 Loop = Callable[[int], "float | None"]
@@ -38,8 +39,13 @@ class AttachLoops:
     returns its own elapsed seconds (see `per_iteration`).
     """
 
-    def __init__(self, our_name: str, std_name: str, payload: bytes, others: list[str]) -> None:
+    def __init__(
+        self, our_name: str, std_name: str, payload: bytes, others: list[str], memfd_name: str
+    ) -> None:
         self.our_name = our_name
+        self.memfd_name = memfd_name
+        _, pid, fd, _ = memfd_name.split("_")  # sma_<pid>_fd<n>_<hex>
+        self.memfd_path = f"/proc/{pid}/fd/{fd[2:]}"
         self.raw_path = "/" + our_name
         self.std_name = std_name
         self.payload = payload
@@ -71,6 +77,25 @@ class AttachLoops:
         for _ in range(n):
             release_cached_mappings()
             handle = SharedMemoryArray.attach(self.our_name)
+            array = handle.as_array()
+            del array
+            handle.close()
+        release_cached_mappings()
+
+    def memfd_floor(self, n: int) -> None:
+        """A memfd's floor: open /proc/<pid>/fd/<n> + fstat + mmap + close, then munmap."""
+        for _ in range(n):
+            fd = os.open(self.memfd_path, os.O_RDWR)
+            size = os.fstat(fd).st_size
+            region = mmap.mmap(fd, size)
+            os.close(fd)
+            region.close()
+
+    def ours_cold_memfd(self, n: int) -> None:
+        """Attach a memfd segment by name with nothing cached."""
+        for _ in range(n):
+            release_cached_mappings()
+            handle = SharedMemoryArray.attach(self.memfd_name)
             array = handle.as_array()
             del array
             handle.close()
@@ -166,6 +191,7 @@ def attach_timings(
     payload: bytes,
     others: list[str],
     counts: tuple[int, int, int],
+    memfd_name: str,
 ) -> dict[str, list[float]]:
     """In a process that owns neither segment: seconds per iteration of each loop.
 
@@ -173,7 +199,7 @@ def attach_timings(
     """
     iters, warm_iters, reps = counts
     release_cached_mappings()  # a fork()ed child starts with its parent's cache
-    loops = AttachLoops(our_name, std_name, payload, others)
+    loops = AttachLoops(our_name, std_name, payload, others, memfd_name)
     cold: list[tuple[str, Loop]] = [
         (FLOOR, loops.raw_floor),
         ("raw floor + np.frombuffer view", loops.raw_floor_view),
@@ -184,6 +210,8 @@ def attach_timings(
             loops.ours_cold_pickle,
         ),
         ("stdlib: SharedMemory(name) + np.frombuffer view; close()", loops.stdlib_attach),
+        (MEMFD_COLD, loops.ours_cold_memfd),
+        ("memfd floor: open /proc/<pid>/fd/<n> + fstat + mmap + close; munmap", loops.memfd_floor),
     ]
     warm: list[tuple[str, Loop]] = [
         ("**ours** warm: attach(name).as_array(); close()", loops.ours_warm),
@@ -217,6 +245,7 @@ def run(config: Config, peers: Peers, ctx: Any, report: Report) -> None:
     # unlink() unregisters it, so nothing is unlinked early or reported as leaked.
     std = shared_memory.SharedMemory(name=fresh_name("std"), create=True, size=ours.nbytes)
     others = [SharedMemoryArray.copy(None, np.zeros(16)) for _ in range(OTHERS)]
+    memfd = SharedMemoryArray.copy(None, data, backend="memfd")
     try:
         with ctx.Pool(1) as pool:
             samples = pool.apply(
@@ -227,16 +256,19 @@ def run(config: Config, peers: Peers, ctx: Any, report: Report) -> None:
                     pickle.dumps(ours),
                     [other.name for other in others],
                     (config.attach_iters, config.attach_warm_iters, config.attach_reps),
+                    memfd.name,
                 ),
             )
     finally:
         for other in others:
             other.close()
+        memfd.close()
         ours.close()
         std.close()
         std.unlink()
     floor = median(samples[FLOOR])
     report.figures["cold_attach"] = median(samples[COLD]) / floor
+    report.figures["memfd_cold_attach"] = median(samples[MEMFD_COLD]) / median(samples[COLD])
     rows = [
         [label, fmt_range(values, "", 1e6), fmt_ratio(median(values) / floor)]
         for label, values in samples.items()

@@ -48,6 +48,7 @@ from .report import (
 
 NOTHING = "passing nothing (task = an int)"
 OURS = "**ours**: (handle, i)"
+OURS_MEMFD = "**ours**, memfd segment: (handle, i)"
 SHAREDARRAY = "SharedArray: attach per task"
 JOBLIB = "joblib: load(mmap_mode='r') per task"
 TORCH = "torch: shared tensor"
@@ -209,6 +210,16 @@ def _rows(
             first_column_sum(data, count),
         )
     )
+    memfd = SharedMemoryArray.copy(None, data, backend="memfd")
+    cleanups.append(memfd.close)
+    rows.append(
+        HandoffRow(
+            OURS_MEMFD,
+            task_ours,
+            [(memfd, i) for i in range(count)],
+            first_column_sum(data, count),
+        )
+    )
     rows.append(
         HandoffRow(
             "ours, handle sent but never mapped: (handle, i)",
@@ -312,6 +323,9 @@ def run(config: Config, peers: Peers, ctx: Any, report: Report) -> None:
     report.figures["handoff_1"] = median(samples[(OURS, 1)]) / median(samples[(NOTHING, 1)])
     report.figures["handoff_default"] = median(samples[(OURS, None)]) / median(
         samples[(NOTHING, None)]
+    )
+    report.figures["handoff_memfd"] = median(samples[(OURS_MEMFD, 1)]) / median(
+        samples[(NOTHING, 1)]
     )
     count = config.handoff_tasks
     section = Section(

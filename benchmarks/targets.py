@@ -47,6 +47,22 @@ def build_targets(figures: dict[str, float], config: Config) -> list[Target]:
             "c",
         ),
         Target(
+            "hand-off, chunksize=1, memfd segment: ours / passing nothing",
+            figures.get("handoff_memfd"),
+            1.2,
+            True,
+            f"median {MICRO}s per task, section b",
+            "b",
+        ),
+        Target(
+            "cold attach: memfd segment / named segment",
+            figures.get("memfd_cold_attach"),
+            1.5,
+            True,
+            "attach(name).as_array() with the cache released, section c",
+            "c",
+        ),
+        Target(
             f"copy() of {size} MB: ours / stdlib create+copy",
             figures.get("copy_vs_stdlib"),
             0.5,

@@ -7,6 +7,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -253,7 +254,7 @@ _CREATOR = """
 import os, sys
 import multiprocessing
 import numpy as np
-from shared_memory_array import share
+from shared_memory_array import segment_info, share
 
 def read(handle):
     return float(handle.as_array()[::4096].sum()), os.getpid()
@@ -264,7 +265,8 @@ if __name__ == "__main__":
     del data
     pool = multiprocessing.get_context("spawn").Pool(4)
     results = pool.map(read, [shared] * 4, chunksize=1)  # each keeps its mapping cached
-    print(shared.backend, sorted({value for value, _ in results}), flush=True)
+    committed = segment_info(shared.name).committed >= 1 << 30
+    print(shared.backend, sorted({value for value, _ in results}), committed, flush=True)
     print(" ".join(str(child.pid) for child in multiprocessing.active_children()), flush=True)
     sys.stdin.readline()  # killed while it waits
 """
@@ -281,20 +283,19 @@ def shmem():
 # Shmem counts the whole machine: one such measurement at a time (CI runs two suites).
 lock = open("/tmp/shared-memory-array-shmem-test.lock", "a")
 fcntl.flock(lock, fcntl.LOCK_EX)
-before = shmem()
 creator = subprocess.Popen(
     [sys.executable, sys.argv[1]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
 )
 print(creator.stdout.readline().strip())
 workers = [int(pid) for pid in creator.stdout.readline().split()]
-print(len(workers), shmem() - before >= 1 << 30)
+alive = shmem()
 for pid in [creator.pid, *workers]:
     os.kill(pid, signal.SIGKILL)
 creator.wait()
 deadline = time.monotonic() + 10  # killed workers are reaped by init, not by us
 while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
     time.sleep(0.05)
-print(shmem() - before < 64 << 20, os.listdir("/dev/shm"))
+print(len(workers), alive - shmem() > (1 << 30) - (64 << 20), os.listdir("/dev/shm"))
 """
 
 
@@ -319,7 +320,7 @@ def test_a_gib_shared_past_a_64_mib_dev_shm_is_freed_when_everyone_is_killed(tmp
     if result.returncode != 0 and "mount" in result.stderr and not result.stdout:
         pytest.skip(f"cannot mount a private /dev/shm here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["memfd [32768.0]", "4 True", "True []"]
+    assert result.stdout.splitlines() == ["memfd [32768.0] True", "4 True []"]
 
 
 def test_memfd_segments_are_never_given_to_the_resource_tracker():
@@ -383,3 +384,79 @@ def test_running_out_of_descriptors_raises_the_soft_limit_then_a_clear_error():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["True True True", "(128, 128)"]
+
+
+def _memory_cgroup(name: str) -> str | None:
+    """A new memory cgroup beside this process's own, limited to 64 MiB; None if not allowed."""
+    from shared_memory_array import _memlimit
+
+    for folder, files in _memlimit._folders():
+        child = os.path.join(folder, name)
+        try:
+            os.mkdir(child)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(child, files.limit), "w") as limit:
+                limit.write(str(64 << 20))
+        except OSError:
+            os.rmdir(child)
+            continue
+        return child
+    return None
+
+
+def test_a_container_at_its_memory_limit_gets_out_of_shared_memory_not_the_oom_killer():
+    cgroup = _memory_cgroup(f"sma_test_{os.getpid()}")
+    if cgroup is None:
+        pytest.skip("cannot make a memory cgroup here")
+    try:
+        result = run_python(
+            """
+            import os, sys
+            import numpy as np
+            from shared_memory_array import OutOfSharedMemoryError, SharedMemoryArray
+            with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+            for make in (
+                lambda: SharedMemoryArray.allocate(None, 256 << 20, "u1", backend="memfd"),
+                # a broadcast source takes no memory of its own: 256 MiB to copy
+                lambda: SharedMemoryArray.copy(
+                    None, np.broadcast_to(np.ones(1), (1 << 25,)), backend="memfd"
+                ),
+            ):
+                try:
+                    make()
+                except OutOfSharedMemoryError as error:
+                    print(error.requested >= 256 << 20, error.available < 64 << 20)
+            with SharedMemoryArray.allocate(None, 8 << 20, "u1", backend="memfd") as fits:
+                print(fits.as_array().sum())
+            """,
+            cgroup,
+        )
+    finally:
+        os.rmdir(cgroup)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True True", "True True", "0"]
+
+
+def test_another_pid_namespace_is_told_to_use_named_segments():
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    code = textwrap.dedent(
+        """
+        import sys
+        from shared_memory_array import SegmentNotFoundError, SharedMemoryArray
+        try:
+            SharedMemoryArray.attach(sys.argv[1])
+        except SegmentNotFoundError as error:
+            print(error)
+        """
+    )
+    with SharedMemoryArray.copy(None, np.ones(4), backend="memfd") as shared:
+        command = ["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c", code, shared.name]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0 and not result.stdout:
+        pytest.skip(f"cannot make a PID namespace here: {result.stderr.strip()}")
+    assert "another PID namespace" in result.stdout
+    assert "backend='named'" in result.stdout

@@ -31,7 +31,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
-from . import _interrupts, _layout, _posix
+from . import _interrupts, _layout, _memlimit, _posix
 from ._errors import FrozenSegmentError, OutOfSharedMemoryError, SegmentNotFoundError
 from ._posix import Bytes, Identity
 
@@ -152,13 +152,22 @@ def create(
     ``name`` must be None: a memfd segment's name says where it is, so it is made here.
 
     The memory is reserved first (``filled``: by writing every byte; else with
-    ``posix_fallocate``), so a full memory cgroup gives `OutOfSharedMemoryError`
-    here rather than the OOM killer later.  The chunk at offset 0, the header, is
+    ``posix_fallocate``), after checking that this process's memory cgroups have
+    room for it (see `_memlimit`), so a container at its memory limit gets
+    `OutOfSharedMemoryError` here rather than the OOM killer.  The chunk at offset 0, the header, is
     written last: a segment is reachable from its creation (``list`` shows it), and
     a header is what tells a complete one.  Call inside `_interrupts.deferred`.
     """
     if name is not None:
         raise ValueError(f"memfd segments cannot be given a name (got {name!r})")
+    room = _memlimit.room()
+    if room is not None and size > room:  # past the limit, the OOM killer would come
+        raise OutOfSharedMemoryError(
+            f"cannot reserve {size} bytes for a memfd segment: the memory cgroup of this "
+            f"process (a container's memory limit) has {max(room, 0)} bytes left",
+            requested=size,
+            available=max(room, 0),
+        )
     token = secrets.token_hex(8)
     fd = _new_fd(f"sma_{token}")
     name = f"sma_{os.getpid()}_fd{fd}_{token}"

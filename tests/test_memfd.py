@@ -239,6 +239,8 @@ def test_the_keyword_and_the_environment_variable_choose_the_backend(monkeypatch
 
 def test_list_and_info_show_memfd_segments_with_their_holders():
     with SharedMemoryArray.copy(None, np.ones((2, 3)), backend="memfd") as shared:
+        fd = shared.name.split("_")[2][2:]  # sma_<pid>_fd<n>_<hex>
+        assert os.stat(f"/proc/self/fd/{fd}").st_mode & 0o777 == 0o600  # memfds start 0777
         listed = {info.name: info for info in list_segments()}
         assert shared.name in listed
         info = segment_info(shared.name)

@@ -107,12 +107,13 @@ def _refused(name: str) -> PermissionError:
 
 
 def _raise_fd_limit() -> bool:
-    """Raise the soft limit of open files towards the hard one; False if at it already."""
+    """Raise the soft limit of open files to the hard one; False if there already."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft >= hard:
+    if hard == resource.RLIM_INFINITY:
+        hard = soft * 2
+    elif soft >= hard:
         return False
-    wanted = soft * 2 if hard == resource.RLIM_INFINITY else min(hard, max(soft * 2, 1024))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return True
 
 
@@ -120,18 +121,22 @@ def _new_fd(label: str) -> int:
     try:
         return os.memfd_create(label, _FLAGS)
     except OSError as exc:
-        # Each owned segment keeps a descriptor: at the limit, raise the soft limit
-        # to the hard one once, as PyTorch does for its shared tensors.
-        if exc.errno != errno.EMFILE or not _raise_fd_limit():
-            if exc.errno == errno.EMFILE:
-                raise OSError(
-                    errno.EMFILE,
-                    "cannot make a memfd segment: this process has as many open files as "
-                    "its hard limit allows (each memfd segment it owns keeps one open); "
-                    "close some, or raise the limit (ulimit -Hn)",
-                ) from None
+        if exc.errno != errno.EMFILE:
             raise
-    return os.memfd_create(label, _FLAGS)
+    # Each owned segment keeps a descriptor: at the limit, raise the soft limit to
+    # the hard one, as PyTorch does for its shared tensors, and try again.
+    if _raise_fd_limit():
+        try:
+            return os.memfd_create(label, _FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+    raise OSError(
+        errno.EMFILE,
+        "cannot make a memfd segment: this process has as many open files as its hard "
+        "limit allows (each memfd segment it owns keeps one open); close some, or raise "
+        "the limit (ulimit -Hn)",
+    )
 
 
 def _out_of_memory(name: str, size: int) -> OutOfSharedMemoryError:

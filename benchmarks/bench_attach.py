@@ -72,11 +72,11 @@ class AttachLoops:
             del view
             region.close()
 
-    def ours_cold(self, n: int) -> None:
-        """Attach by name with nothing cached."""
+    def ours_cold(self, n: int, name: str | None = None) -> None:
+        """Attach by name (ours, or ``name``) with nothing cached."""
         for _ in range(n):
             release_cached_mappings()
-            handle = SharedMemoryArray.attach(self.our_name)
+            handle = SharedMemoryArray.attach(name or self.our_name)
             array = handle.as_array()
             del array
             handle.close()
@@ -93,13 +93,7 @@ class AttachLoops:
 
     def ours_cold_memfd(self, n: int) -> None:
         """Attach a memfd segment by name with nothing cached."""
-        for _ in range(n):
-            release_cached_mappings()
-            handle = SharedMemoryArray.attach(self.memfd_name)
-            array = handle.as_array()
-            del array
-            handle.close()
-        release_cached_mappings()
+        self.ours_cold(n, self.memfd_name)
 
     def ours_cold_unsafe(self, n: int) -> None:
         """``attach_unsafe`` (no argument normalisation or header comparison), nothing cached."""

@@ -89,6 +89,13 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
     )
 
 
+def with_private_dev_shm(options: str, *command: str) -> list[str]:
+    """``command`` run in a mount namespace of its own with a new tmpfs on /dev/shm
+    (``options`` as for ``mount -o``, e.g. ``size=16m``); needs root and ``unshare``."""
+    mount = f'mount -t tmpfs -o {options} tmpfs /dev/shm && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh", *command]
+
+
 def log_records(stderr: str) -> list[str]:
     """Split what a Dask process printed into its log records (with their tracebacks)."""
     return [chunk for chunk in LOG_RECORD_START.split(stderr) if chunk.strip()]

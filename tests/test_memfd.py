@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers import row_sum, run_python, total
+from helpers import row_sum, run_python, total, with_private_dev_shm
 from shared_memory_array import (
     FrozenSegmentError,
     InvalidNameError,
@@ -306,18 +306,7 @@ def test_a_gib_shared_past_a_64_mib_dev_shm_is_freed_when_everyone_is_killed(tmp
         pytest.skip("unshare is not installed")
     creator = tmp_path / "creator.py"  # a file: spawn workers import their functions from it
     creator.write_text(_CREATOR)
-    command = [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1" "$2"',
-        sys.executable,
-        _WATCHER,
-        str(creator),
-    ]
+    command = with_private_dev_shm("size=64m", sys.executable, "-c", _WATCHER, str(creator))
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0 and "mount" in result.stderr and not result.stdout:
         pytest.skip(f"cannot mount a private /dev/shm here: {result.stderr.strip()}")

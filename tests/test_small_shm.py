@@ -13,22 +13,13 @@ import textwrap
 
 import pytest
 
+from helpers import with_private_dev_shm
+
 SIZE = 16 * 1024 * 1024
 
 
 def run_in_small_shm(code: str, options: str = "size=16m") -> subprocess.CompletedProcess[str]:
-    script = textwrap.dedent(code)
-    command = [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        f'mount -t tmpfs -o {options} tmpfs /dev/shm && exec "$0" -c "$1"',
-        sys.executable,
-        script,
-    ]
+    command = with_private_dev_shm(options, sys.executable, "-c", textwrap.dedent(code))
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 

@@ -1,19 +1,29 @@
-"""Functions the tests run in other processes (importable by name, for spawn and forkserver)."""
+"""Functions the tests run in other processes (importable by name, for spawn and forkserver).
+
+A process started by spawn or forkserver imports the module of each function it is
+sent.  Here, that costs it NumPy and this library, which it needs anyway; from a test
+module it would also cost pytest (about 0.2 s of CPU for each process).  So the
+functions that pools, Dask workers and the like run live here, not beside the tests.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from multiprocessing import resource_tracker
 from typing import Any
 
 import numpy as np
 
-from shared_memory_array import SharedMemoryArray
+from shared_memory_array import LockTimeoutError, SharedMemoryArray
+
+SHM = "/dev/shm"
 
 # Dask's log format: "2026-01-02 03:04:05,678 - distributed.worker - INFO - message"
 LOG_RECORD_START = re.compile(r"(?m)^(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - )")
@@ -122,3 +132,214 @@ def is_dask_heartbeat_race(record: str) -> bool:
 def without_dask_heartbeat_races(stderr: str) -> str:
     """``stderr`` without the log records `is_dask_heartbeat_race` tells apart."""
     return "".join(record for record in log_records(stderr) if not is_dask_heartbeat_race(record))
+
+
+# --- test_executors.py
+
+
+def row_total(shared: SharedMemoryArray, row: int) -> float:
+    return float(shared.as_array()[row].sum())
+
+
+def row_total_packed(args: tuple[SharedMemoryArray, int]) -> float:
+    return row_total(*args)
+
+
+def write_row(shared: SharedMemoryArray, row: int) -> int:
+    shared.as_array()[row] = row
+    return os.getpid()
+
+
+def spool_files(shared: SharedMemoryArray, folder: str) -> list[str]:
+    """Run inside a joblib task: what joblib wrote to its memmapping folder."""
+    shared.as_array()
+    return [name for _, _, names in os.walk(folder) for name in names]
+
+
+# --- test_transfer.py
+
+
+def made_in_worker(value: int) -> SharedMemoryArray:
+    """A pool task: make an array with no manager and hand it to the caller."""
+    out = SharedMemoryArray.allocate(None, (1000,), np.int64)
+    out.as_array()[:] = value
+    return out.transfer()
+
+
+# --- test_readonly.py
+
+
+def try_write(handle: SharedMemoryArray) -> str:
+    array = handle.as_array()
+    try:
+        array[0] = 1
+    except ValueError as error:
+        message = str(error)
+    else:
+        return "wrote"
+    try:
+        array.flags.writeable = True
+    except ValueError:
+        return message
+    return "made writeable"
+
+
+# --- test_regions.py
+
+
+def fill_region(region: SharedMemoryArray[Any], value: int) -> None:
+    region.as_array()[...] = value
+
+
+# --- test_locks.py
+
+
+def try_lock(handle: SharedMemoryArray, shared: bool = False, rows=None) -> bool:
+    """In a child: can the lock be taken right now?"""
+    try:
+        with handle.lock(shared=shared, blocking=False, rows=rows):
+            return True
+    except LockTimeoutError:
+        return False
+
+
+# --- test_dropin_executors.py
+
+
+BIG = 1 << 20  # the default min_bytes
+
+
+def big(fill: float = 1.0) -> np.ndarray:
+    return np.full(BIG // 8, fill)
+
+
+def mapped_segments() -> list[str]:
+    """The library's segments this process maps now, once per mapping."""
+    with open("/proc/self/maps") as maps:
+        return [line.split(SHM + "/", 1)[1].split()[0] for line in maps if SHM + "/sma_" in line]
+
+
+def scribble(array: np.ndarray) -> tuple[float, float]:
+    """A task that writes to its argument: returns its sum before, and after."""
+    before = float(array.sum())
+    array[:] = -1
+    return before, float(array.sum())
+
+
+def describe(*args, **kwargs):
+    """What a task was given: types, shapes, flags, and whether arrays are shared memory."""
+
+    def facts(value):
+        if isinstance(value, np.ndarray):
+            total = None if value.dtype.hasobject else float(value.sum())
+            fortran = value.flags.f_contiguous and not value.flags.c_contiguous
+            return (type(value).__name__, value.shape, fortran, total)
+        if isinstance(value, (list, tuple)):
+            return [facts(item) for item in value]
+        if isinstance(value, dict):
+            return {key: facts(item) for key, item in value.items()}
+        return value
+
+    return facts(args), facts(kwargs), sorted(set(mapped_segments()))
+
+
+def twice(array: np.ndarray) -> np.ndarray:
+    return array * 2
+
+
+def nested_result(n: int) -> dict:
+    return {"big": [np.full(BIG // 8, n), (np.arange(3), "label")], "n": n}
+
+
+def kill_self(_: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def own_then_die(_: object) -> None:
+    """A worker killed with a segment of its own, registered for crash cleanup."""
+    kept = SharedMemoryArray.copy(None, big())
+    os.kill(os.getpid(), signal.SIGKILL)
+    kept.close()  # never reached
+
+
+def fail(array: np.ndarray) -> None:
+    raise ValueError(f"task saw {array.size} elements")
+
+
+def slow(array: np.ndarray, seconds: float) -> float:
+    time.sleep(seconds)
+    return float(array[0])
+
+
+def started_then_slow(array: np.ndarray, marker: str) -> float:
+    """A task that says it has started, then takes long."""
+    open(marker, "w").close()
+    return slow(array, 30)
+
+
+def unpicklable(array: np.ndarray) -> object:
+    return lambda: array.size  # a result pickle refuses
+
+
+def add_one_to_first(first: np.ndarray, second: np.ndarray) -> tuple[bool, float]:
+    first += 1
+    return first is second, float(second[0])
+
+
+def twice_the_same(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return array, array
+
+
+# --- test_dask.py: tasks for Dask workers
+
+
+def read(published: Any) -> tuple[float, bool, int]:
+    view = published.as_array()
+    return float(view.sum()), bool(view.flags.writeable), os.getpid()
+
+
+def read_and_keep(published: Any, dask_worker: Any) -> int:
+    """Touch every page of this host's copy and keep the view mapped in the worker."""
+    view = published.as_array()
+    float(view.sum())
+    dask_worker._kept_view = view
+    return os.getpid()
+
+
+def drop_kept(dask_worker: Any) -> None:
+    del dask_worker._kept_view
+
+
+def pss_bytes() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no Pss line")
+
+
+def identity(value: Any) -> Any:
+    return value
+
+
+def pretend_to_run_on(host: str) -> None:
+    """Make this worker see ``host`` as its host, as if it ran on a host added later.
+
+    The Dask layer asks `host_key` only through `_dask_fetch.host_here`.
+    """
+    from shared_memory_array import _dask_fetch  # imports distributed: a Dask worker has it
+
+    _dask_fetch.host_key = lambda: host
+
+
+def release_before_linking(name: str) -> None:
+    """Make this worker's next late copy see ``release()`` run between fetch and link."""
+    from shared_memory_array import _hostcopy  # a Dask worker has it
+
+    make = _hostcopy.create_once
+
+    def released_meanwhile(*args: Any) -> Any:
+        _hostcopy.release(name, None)
+        return make(*args)
+
+    _hostcopy.create_once = released_meanwhile

@@ -17,6 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import (
+    drop_kept,
+    identity,
+    pretend_to_run_on,
+    pss_bytes,
+    read,
+    read_and_keep,
+    release_before_linking,
+)
 from shared_memory_array import (
     ForeignHostError,
     ReleasedError,
@@ -33,38 +42,9 @@ distributed = pytest.importorskip(
     "distributed", reason="distributed is an optional test dependency"
 )
 smd = pytest.importorskip("shared_memory_array.dask")
-dask_fetch = pytest.importorskip("shared_memory_array._dask_fetch")
+pytest.importorskip("shared_memory_array._dask_fetch")
 
 SHM = "/dev/shm"
-
-
-def read(published: Any) -> tuple[float, bool, int]:
-    view = published.as_array()
-    return float(view.sum()), bool(view.flags.writeable), os.getpid()
-
-
-def read_and_keep(published: Any, dask_worker: Any) -> int:
-    """Touch every page of this host's copy and keep the view mapped in the worker."""
-    view = published.as_array()
-    float(view.sum())
-    dask_worker._kept_view = view
-    return os.getpid()
-
-
-def drop_kept(dask_worker: Any) -> None:
-    del dask_worker._kept_view
-
-
-def pss_bytes() -> int:
-    with open("/proc/self/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no Pss line")
-
-
-def identity(value: Any) -> Any:
-    return value
 
 
 def segments(name: str) -> bool:
@@ -102,14 +82,6 @@ def made_since(before: set[str], client: Any) -> set[str]:
     makers = {"late", str(os.getpid()), *map(str, client.run(os.getpid).values())}
     new = set(os.listdir(SHM)) - before
     return {name for name in new if name.startswith("sma_") and name.split("_")[1] in makers}
-
-
-def pretend_to_run_on(host: str) -> None:
-    """Make this worker see ``host`` as its host, as if it ran on a host added later.
-
-    The Dask layer asks `host_key` only through `_dask_fetch.host_here`.
-    """
-    dask_fetch.host_key = lambda: host
 
 
 def only_name(published: Any) -> str:
@@ -358,17 +330,6 @@ def test_two_new_hosts_that_copy_from_each_other_never_deadlock(client, data):
     finally:
         on_x.release(client)
         on_y.release(client)
-
-
-def release_before_linking(name: str) -> None:
-    """Make this worker's next late copy see ``release()`` run between fetch and link."""
-    make = _hostcopy.create_once
-
-    def released_meanwhile(*args: Any) -> Any:
-        _hostcopy.release(name, None)
-        return make(*args)
-
-    _hostcopy.create_once = released_meanwhile
 
 
 def test_a_release_during_a_new_hosts_fetch_leaves_no_copy_there(client, data):

@@ -12,75 +12,27 @@ import numpy as np
 import pytest
 
 import shared_memory_array
-from helpers import run_python
+from helpers import (
+    BIG,
+    add_one_to_first,
+    big,
+    describe,
+    fail,
+    kill_self,
+    mapped_segments,
+    nested_result,
+    own_then_die,
+    run_python,
+    scribble,
+    slow,
+    started_then_slow,
+    twice,
+    twice_the_same,
+    unpicklable,
+)
 from shared_memory_array import Pool, ProcessPoolExecutor
 
 SHM = "/dev/shm"
-BIG = 1 << 20  # the default min_bytes
-
-
-def big(fill: float = 1.0) -> np.ndarray:
-    return np.full(BIG // 8, fill)
-
-
-def mapped_segments() -> list[str]:
-    """The library's segments this process maps now, once per mapping."""
-    with open("/proc/self/maps") as maps:
-        return [line.split(SHM + "/", 1)[1].split()[0] for line in maps if SHM + "/sma_" in line]
-
-
-def scribble(array: np.ndarray) -> tuple[float, float]:
-    """A task that writes to its argument: returns its sum before, and after."""
-    before = float(array.sum())
-    array[:] = -1
-    return before, float(array.sum())
-
-
-def describe(*args, **kwargs):
-    """What a task was given: types, shapes, flags, and whether arrays are shared memory."""
-
-    def facts(value):
-        if isinstance(value, np.ndarray):
-            total = None if value.dtype.hasobject else float(value.sum())
-            fortran = value.flags.f_contiguous and not value.flags.c_contiguous
-            return (type(value).__name__, value.shape, fortran, total)
-        if isinstance(value, (list, tuple)):
-            return [facts(item) for item in value]
-        if isinstance(value, dict):
-            return {key: facts(item) for key, item in value.items()}
-        return value
-
-    return facts(args), facts(kwargs), sorted(set(mapped_segments()))
-
-
-def twice(array: np.ndarray) -> np.ndarray:
-    return array * 2
-
-
-def nested_result(n: int) -> dict:
-    return {"big": [np.full(BIG // 8, n), (np.arange(3), "label")], "n": n}
-
-
-def kill_self(_: object) -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def own_then_die(_: object) -> None:
-    """A worker killed with a segment of its own, registered for crash cleanup."""
-    kept = shared_memory_array.SharedMemoryArray.copy(None, big())
-    os.kill(os.getpid(), signal.SIGKILL)
-    kept.close()  # never reached
-
-
-def fail(array: np.ndarray) -> None:
-    raise ValueError(f"task saw {array.size} elements")
-
-
-def slow(array: np.ndarray, seconds: float) -> float:
-    time.sleep(seconds)
-    return float(array[0])
-
-
 # ------------------------------------------------------------------ arguments
 
 
@@ -264,12 +216,6 @@ def test_cancelled_futures_and_a_shutdown_without_waiting_leave_nothing():
     manager.join(60)
 
 
-def started_then_slow(array: np.ndarray, marker: str) -> float:
-    """A task that says it has started, then takes long."""
-    open(marker, "w").close()
-    return slow(array, 30)
-
-
 def test_a_terminated_pool_leaves_nothing(context, tmp_path):
     markers = [str(tmp_path / name) for name in ("one", "two", "three")]
     pool = Pool(2, context=context)
@@ -319,10 +265,6 @@ def test_a_result_that_cannot_be_taken_is_an_error():
 # ------------------------------------------------------------------ streams and odd results
 
 
-def unpicklable(array: np.ndarray) -> object:
-    return lambda: array.size  # a result pickle refuses
-
-
 def own_segments() -> int:
     """How many argument segments this process has in /dev/shm now."""
     prefix = f"sma_{os.getpid()}_"
@@ -367,15 +309,6 @@ def iter_outcomes(results):
 
 
 # ------------------------------------------------------------------ as the standard pools do
-
-
-def add_one_to_first(first: np.ndarray, second: np.ndarray) -> tuple[bool, float]:
-    first += 1
-    return first is second, float(second[0])
-
-
-def twice_the_same(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return array, array
 
 
 def test_leaving_the_pool_with_calls_in_flight_does_not_wait_for_them():

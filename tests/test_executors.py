@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 
+from helpers import row_total, row_total_packed, spool_files, write_row
 from shared_memory_array import SharedMemoryArray
-
-
-def row_total(shared: SharedMemoryArray, row: int) -> float:
-    return float(shared.as_array()[row].sum())
-
-
-def row_total_packed(args: tuple[SharedMemoryArray, int]) -> float:
-    return row_total(*args)
-
-
-def write_row(shared: SharedMemoryArray, row: int) -> int:
-    shared.as_array()[row] = row
-    return os.getpid()
-
-
-def spool_files(shared: SharedMemoryArray, folder: str) -> list[str]:
-    """Run inside a joblib task: what joblib wrote to its memmapping folder."""
-    shared.as_array()
-    return [name for _, _, names in os.walk(folder) for name in names]
 
 
 @pytest.fixture

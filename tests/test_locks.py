@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
+from helpers import try_lock
 from shared_memory_array import LockTimeoutError, SegmentNotFoundError, SharedMemoryArray
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux OFD locks")
@@ -26,15 +27,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 SHM = "/dev/shm"
 # Python 3.12+ warns when a process with threads forks; the tests that do it on purpose.
 FORK_WITH_THREADS = "ignore:This process .* is multi-threaded:DeprecationWarning"
-
-
-def try_lock(handle: SharedMemoryArray, shared: bool = False, rows=None) -> bool:
-    """In a child: can the lock be taken right now?"""
-    try:
-        with handle.lock(shared=shared, blocking=False, rows=rows):
-            return True
-    except LockTimeoutError:
-        return False
 
 
 def segment_fds(name: str) -> list[int]:

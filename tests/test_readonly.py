@@ -8,22 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
+from helpers import try_write
 from shared_memory_array import SharedMemoryArray
-
-
-def try_write(handle: SharedMemoryArray) -> str:
-    array = handle.as_array()
-    try:
-        array[0] = 1
-    except ValueError as error:
-        message = str(error)
-    else:
-        return "wrote"
-    try:
-        array.flags.writeable = True
-    except ValueError:
-        return message
-    return "made writeable"
 
 
 def test_readonly_attach_refuses_writes_and_writeable():

@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
+from helpers import fill_region
 from shared_memory_array import LayoutError, SharedMemoryArray, _array
 
 KEYS = [
@@ -57,14 +58,10 @@ def test_region_pickles_as_small_as_a_handle():
         assert len(pickle.dumps(shared[100:200, ::2])) < 250
 
 
-def _fill(region, value):
-    region.as_array()[...] = value
-
-
 def test_workers_write_their_tiles_through_region_handles(context):
     with SharedMemoryArray.allocate(None, (4, 6), "i4") as shared:
         with ProcessPoolExecutor(2, mp_context=context) as pool:
-            futures = [pool.submit(_fill, shared[row], row + 1) for row in range(4)]
+            futures = [pool.submit(fill_region, shared[row], row + 1) for row in range(4)]
             for future in futures:
                 future.result(timeout=60)
         assert shared.as_array().tolist() == [[row + 1] * 6 for row in range(4)]

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from helpers import run_python
+from helpers import made_in_worker, run_python
 from shared_memory_array import (
     NotOwnerError,
     SegmentNotFoundError,
@@ -21,13 +21,6 @@ from shared_memory_array import (
 )
 
 SHM = "/dev/shm"
-
-
-def made_in_worker(value: int) -> SharedMemoryArray:
-    """A pool task: make an array with no manager and hand it to the caller."""
-    out = SharedMemoryArray.allocate(None, (1000,), np.int64)
-    out.as_array()[:] = value
-    return out.transfer()
 
 
 def exists(name: str) -> bool:

@@ -99,11 +99,6 @@ def _of(name: str) -> Backend:
     return MEMFD if is_memfd(name) else NAMED
 
 
-def kind(name: str) -> str:
-    """``'memfd'`` or ``'named'``: the kind of segment ``name``."""
-    return "memfd" if is_memfd(name) else "named"
-
-
 def choose(requested: str | None, size: int) -> Backend:
     """The backend of a new segment of ``size`` bytes, per ``requested`` (one of
     `KINDS`), else the environment variable `ENVIRONMENT`, else ``'auto'``.
@@ -219,7 +214,6 @@ __all__ = [
     "holders",
     "identity",
     "is_memfd",
-    "kind",
     "names",
     "open_existing",
     "open_file",

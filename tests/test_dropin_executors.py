@@ -324,6 +324,9 @@ def test_leaving_the_pool_with_calls_in_flight_does_not_wait_for_them():
             return value
 
         if __name__ == "__main__":
+            import faulthandler
+            # Hung once on 3.9 in CI, cause not found: if it hangs, say where.
+            faulthandler.dump_traceback_later(45, exit=True)
             started = time.monotonic()
             with Pool(2) as pool:
                 for _ in pool.imap(nap, range(50)):

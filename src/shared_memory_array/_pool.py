@@ -30,6 +30,7 @@ class _Feed:
         known = isinstance(items, (list, tuple))
         self._uses = _offload.uses(items, arguments.min_bytes) if known else None
         self._bounded = True
+        self._closed = False
         self.result: Any = None  # the pool's result object of the call, once made
 
     def __len__(self) -> int:
@@ -38,6 +39,8 @@ class _Feed:
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         for item in self._items:
             self._wait_for_room()
+            if self._closed:  # the pool stops, or the call is over: send nothing more
+                return
             holds: list[str] = []
             try:
                 shared = self._arguments.share(item, holds, self._batch)
@@ -87,12 +90,14 @@ class _Feed:
 
     def close(self) -> None:
         """The call is over: let go of what items never reported back still hold."""
+        self._closed = True
         self.unbound()
         self._batch.drop(list(self._batch.arrays), self._arguments)
         for number in list(self._out):
-            holds = self._out.pop(number)
+            # Whoever takes the ticket takes its holds: here, or `_arrived` in the
+            # pool's result thread, which may be redeeming it right now.
             if _offload.cancel(number):
-                self._arguments.release(holds)
+                self._arguments.release(self._out.pop(number, []))
 
 
 _POLL_SECONDS = 0.1
@@ -348,6 +353,20 @@ class Pool(multiprocessing.pool.Pool):
         self._note_workers()
         super().join()
         self._cleared()
+
+    @staticmethod
+    def _help_stuff_finish(inqueue: Any, task_handler: threading.Thread, size: int) -> None:
+        # Called by terminate() before it kills the workers.  multiprocessing stops
+        # here once the task queue is empty, although its task thread may still have
+        # to send the result thread its last message, under the result queue's
+        # lock: a worker killed while it held that lock then leaves terminate()
+        # waiting for the task thread forever (cpython#96995; it hung a test here on
+        # 3.9).  So wait for the task thread to end, the workers still alive, taking
+        # whatever it sends them meanwhile, unread, so that it never waits for room.
+        inqueue._rlock.acquire()  # no worker takes anything more (never released, as there)
+        while task_handler.is_alive():
+            if inqueue._reader.poll(_POLL_SECONDS):
+                inqueue._reader.recv_bytes()
 
     def _note_workers(self) -> None:
         self._workers.update(process.pid for process in list(self._pool) if process.pid)  # type: ignore[attr-defined]

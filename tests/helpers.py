@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from multiprocessing import resource_tracker
 from typing import Any
@@ -159,11 +160,54 @@ def spool_files(shared: SharedMemoryArray, folder: str) -> list[str]:
 # --- test_transfer.py
 
 
-def made_in_worker(value: int) -> SharedMemoryArray:
+def made_in_worker(value: int, backend: str = "named") -> SharedMemoryArray:
     """A pool task: make an array with no manager and hand it to the caller."""
-    out = SharedMemoryArray.allocate(None, (1000,), np.int64)
+    out = SharedMemoryArray.allocate(None, (1000,), np.int64, backend=backend)
     out.as_array()[:] = value
     return out.transfer()
+
+
+def made_in_worker_memfd(value: int) -> SharedMemoryArray:
+    """`made_in_worker`, with a memfd segment."""
+    return made_in_worker(value, "memfd")
+
+
+def memfd_labels(pid: int | str = "self") -> list[str]:
+    """The memfd segments process ``pid`` holds a descriptor of."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:sma_"):
+            found.append(target)
+    return found
+
+
+def settled_memfd_labels() -> list[str]:
+    """`memfd_labels` once this process has let go of what it handed over and was
+    claimed (the thread that does it ends when nothing is left in flight)."""
+    for thread in threading.enumerate():
+        if thread.name == "shared-memory-array-handover":
+            thread.join()
+    return memfd_labels()
+
+
+def in_memfd(array: np.ndarray) -> bool:
+    """Whether ``array``'s memory lies in a memfd segment's mapping (Linux)."""
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = (int(part, 16) for part in line.split()[0].split("-"))
+            if start <= address < end:
+                return "/memfd:sma_" in line
+    return False
+
+
+def twice_and_where(array: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A drop-in executor's task: the array doubled, and whether it arrived in a memfd."""
+    return array * 2, in_memfd(array)
 
 
 # --- test_readonly.py

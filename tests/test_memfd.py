@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers import row_sum, run_python, total, with_private_dev_shm
+from helpers import memfd_labels, row_sum, run_python, total, with_private_dev_shm
 from shared_memory_array import (
     FrozenSegmentError,
     InvalidNameError,
@@ -28,19 +28,6 @@ from shared_memory_array import (
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "memfd_create"), reason="memfd segments need Linux's memfd_create"
 )
-
-
-def _memfd_labels() -> list[str]:
-    """The memfd segments this process holds a descriptor of."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/memfd:sma_"):
-            found.append(target)
-    return found
 
 
 def _write_from_worker(handle: SharedMemoryArray[np.float64]) -> float:
@@ -86,7 +73,7 @@ def test_the_owner_closing_keeps_views_and_refuses_new_attaches_saying_why():
         SharedMemoryArray.attach(name)
     with pytest.raises(SegmentNotFoundError):
         pickle.loads(pickled).as_array()
-    assert _memfd_labels() == []
+    assert memfd_labels() == []
 
 
 def test_attach_after_the_creator_exited_is_segment_not_found():
@@ -130,7 +117,7 @@ def test_forked_children_close_the_owners_descriptors():
         if pid == 0:  # the child: no descriptor of the parent's segment, still attachable
             try:
                 attached = SharedMemoryArray.attach(shared.name)
-                os.write(write, f"{len(_memfd_labels())} {total(attached)}".encode())
+                os.write(write, f"{len(memfd_labels())} {total(attached)}".encode())
                 attached.close()
             finally:
                 os._exit(0)
@@ -204,7 +191,7 @@ def test_only_the_owner_of_a_memfd_segment_freezes_it():
         attached.close()
 
 
-def test_memfd_takes_no_chosen_name_no_manager_and_no_transfer():
+def test_memfd_takes_no_chosen_name_and_no_manager():
     with pytest.raises(InvalidNameError, match="take no chosen name"):
         SharedMemoryArray.allocate(None, 3, name="mine", backend="memfd")
     with pytest.raises(InvalidNameError, match="form of a memfd segment"):
@@ -214,11 +201,6 @@ def test_memfd_takes_no_chosen_name_no_manager_and_no_transfer():
             SharedMemoryArray.allocate(manager, 3, backend="memfd")
         with SharedMemoryArray.allocate(manager, 3) as kept:
             assert kept.backend == "named"
-    with (
-        SharedMemoryArray.allocate(None, 3, backend="memfd") as shared,
-        pytest.raises(OSError, match="cannot be transferred"),
-    ):
-        shared.transfer()
 
 
 def test_the_keyword_and_the_environment_variable_choose_the_backend(monkeypatch):

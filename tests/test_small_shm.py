@@ -6,6 +6,7 @@ skips where namespaces or mounts are not allowed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from helpers import with_private_dev_shm
 
 SIZE = 16 * 1024 * 1024
+TESTS = os.path.dirname(os.path.abspath(__file__))  # where helpers.py lies
 
 
 def run_in_small_shm(code: str, options: str = "size=16m") -> subprocess.CompletedProcess[str]:
@@ -190,39 +192,35 @@ def test_a_dev_shm_out_of_inodes_is_out_of_shared_memory():
     assert result.stdout.split() == ["True", "True"]
 
 
-def test_drop_in_executors_send_large_arguments_through_memfd_and_pickle_large_results():
-    # Arguments: a memfd segment the parent owns.  Results: a worker's memfd would
-    # go with the worker, so what finds no room in /dev/shm is pickled.
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_drop_in_executors_send_large_arguments_and_results_through_memfd(method):
+    # Arguments: a memfd segment the parent owns.  Results: a memfd segment the
+    # worker holds until the parent has taken it; the parent's array maps it.
     result = run_in_small_shm(
-        """
-        import multiprocessing, os
+        f"""
+        import multiprocessing, os, sys
+        sys.path.insert(0, {TESTS!r})
         import numpy as np
+        from helpers import in_memfd, memfd_labels, settled_memfd_labels, twice_and_where
         from shared_memory_array import Pool, ProcessPoolExecutor
 
-        def twice(array):
-            address = array.__array_interface__["data"][0]
-            with open("/proc/self/maps") as maps:  # the mapping the array lies in
-                for line in maps:
-                    start, end = (int(part, 16) for part in line.split()[0].split("-"))
-                    if start <= address < end:
-                        memfd = "/memfd:sma_" in line
-            return array * 2, memfd
-
         if __name__ == "__main__":
-            context = multiprocessing.get_context("fork")
+            context = multiprocessing.get_context({method!r})
             large = np.ones(3 << 20)  # 24 MiB: no room in a 16 MiB /dev/shm
             small = np.ones(1 << 18)  # 2 MiB: no room once a margin is kept
             tiny = np.ones(1 << 16)  # 512 KiB: below min_bytes, pickled
             with ProcessPoolExecutor(1, mp_context=context) as executor:
-                doubled = list(executor.map(twice, [large, small, tiny]))
-            with Pool(1, context=context) as pool:
-                doubled += pool.map(twice, [large, small, tiny])
-            print([(float(array.sum()), memfd) for array, memfd in doubled])
-            print(sorted(os.listdir("/dev/shm")))
+                doubled = list(executor.map(twice_and_where, [large, small, tiny]))
+                print(executor.submit(settled_memfd_labels).result())  # the worker let go
+            with Pool(1, context=context, maxtasksperchild=1) as pool:
+                doubled += pool.map(twice_and_where, [large, small, tiny])
+            print([(float(array.sum()), there, in_memfd(array)) for array, there in doubled])
+            segments = [name for name in os.listdir("/dev/shm") if not name.startswith("sem.")]
+            print(segments, memfd_labels())  # (a spawn pool's semaphores live there)
         """
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     large, small, tiny = 2.0 * (3 << 20), 2.0 * (1 << 18), 2.0 * (1 << 16)
-    sent = [(large, True), (small, True), (tiny, False)]
-    assert result.stdout.splitlines() == [str(sent + sent), "[]"]
+    sent = [(large, True, True), (small, True, True), (tiny, False, False)]
+    assert result.stdout.splitlines() == ["[]", str(sent + sent), "[] []"]

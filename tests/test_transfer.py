@@ -6,11 +6,12 @@ import gc
 import os
 import pickle
 import signal
+import threading
 
 import numpy as np
 import pytest
 
-from helpers import made_in_worker, run_python
+from helpers import made_in_worker, made_in_worker_memfd, memfd_labels, run_python
 from shared_memory_array import (
     NotOwnerError,
     SegmentNotFoundError,
@@ -192,3 +193,136 @@ def test_joblib_workers_hand_their_arrays_to_the_caller():
     assert all(handle.owner for handle in received)
     for handle in received:
         handle.close()
+
+
+# --- memfd segments: the sender holds the segment until the receiver has opened it
+
+
+def _handovers_settled() -> None:
+    """Wait until this process has let go of what it sent and was claimed."""
+    for thread in threading.enumerate():
+        if thread.name == "shared-memory-array-handover":
+            thread.join()
+
+
+memfd_only = pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="memfd segments need Linux's memfd_create"
+)
+
+
+@memfd_only
+def test_pool_workers_hand_their_memfd_arrays_to_the_parent_as_they_exit(context):
+    # maxtasksperchild=1: each worker exits right after sending, and waits for its
+    # result to be claimed before its descriptor goes
+    with context.Pool(2, maxtasksperchild=1) as pool:
+        received = pool.map(made_in_worker_memfd, range(6))
+    assert [int(handle.as_array()[0]) for handle in received] == list(range(6))
+    assert all(handle.owner and handle.backend == "memfd" for handle in received)
+    assert all(handle.name.startswith(f"sma_{os.getpid()}_fd") for handle in received)
+    assert len(memfd_labels()) == 6  # this process holds them now
+    attached = SharedMemoryArray.attach(received[0].name)  # by its new name
+    assert attached.as_array()[0] == 0
+    attached.close()
+    for handle in received:
+        handle.close()
+    assert memfd_labels() == []
+
+
+@memfd_only
+def test_process_pool_executor_hands_memfd_arrays_over(context):
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=context) as executor:
+        handles = list(executor.map(made_in_worker_memfd, [3, 4]))
+    assert [int(handle.as_array().sum()) for handle in handles] == [3000, 4000]
+    for handle in handles:
+        handle.close()
+
+
+@memfd_only
+def test_a_memfd_array_is_received_once_and_the_sender_lets_go():
+    made = SharedMemoryArray.copy(None, np.arange(5.0), backend="memfd")
+    sent = pickle.dumps(made.transfer())
+    first = pickle.loads(sent)
+    second = pickle.loads(sent)  # unpickling never raises
+    assert first.owner and not second.owner
+    with pytest.raises(SegmentNotFoundError, match="received already"):
+        second.as_array()
+    _handovers_settled()
+    assert len(memfd_labels()) == 1  # the receiver's descriptor only
+    assert first.as_array().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    first.close()
+    assert memfd_labels() == []
+
+
+@memfd_only
+def test_a_memfd_transfer_never_pickled_is_closed_when_collected():
+    sent = SharedMemoryArray.copy(None, np.ones(3), backend="memfd").transfer()
+    assert len(memfd_labels()) == 1
+    del sent
+    gc.collect()
+    assert memfd_labels() == []
+
+
+@memfd_only
+def test_a_separate_interpreter_receives_a_memfd_array_and_this_process_lets_go(tmp_path):
+    made = SharedMemoryArray.copy(None, np.arange(4.0), backend="memfd")
+    (tmp_path / "sent").write_bytes(pickle.dumps(made.transfer()))
+    result = run_python(
+        """
+        import pickle, sys
+        handle = pickle.loads(open(sys.argv[1], "rb").read())
+        print(handle.owner, handle.as_array().sum(), handle.backend, flush=True)
+        """,
+        str(tmp_path / "sent"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.split() == ["True", "6.0", "memfd"]
+    _handovers_settled()
+    assert memfd_labels() == []  # claimed: the sender's descriptor went
+
+
+@memfd_only
+def test_a_memfd_array_nobody_receives_is_freed_when_the_sender_exits(tmp_path):
+    result = run_python(
+        """
+        import pickle, sys
+        import numpy as np
+        from shared_memory_array import SharedMemoryArray, _memfd
+        _memfd._RECEIVERS_SECONDS = 0.5  # how long its exit waits for a receiver
+        sent = SharedMemoryArray.copy(None, np.ones(3), backend="memfd").transfer()
+        open(sys.argv[1], "wb").write(pickle.dumps(sent))
+        """,
+        str(tmp_path / "sent"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    late = pickle.loads((tmp_path / "sent").read_bytes())
+    with pytest.raises(SegmentNotFoundError, match="has exited"):
+        late.as_array()
+
+
+@memfd_only
+def test_a_pipe_hands_a_memfd_array_to_a_child(context):
+    ours, theirs = context.Pipe()
+    child = context.Process(target=receive_and_close, args=(theirs,))
+    child.start()
+    theirs.close()
+    made = SharedMemoryArray.copy(None, np.arange(4.0), backend="memfd")
+    ours.send(made.transfer())
+    assert ours.recv() == (True, 6.0, False)
+    child.join(60)
+    ours.close()
+    assert child.exitcode == 0
+    _handovers_settled()
+    assert memfd_labels() == []
+
+
+@memfd_only
+def test_a_frozen_memfd_array_cannot_be_transferred():
+    with SharedMemoryArray.copy(None, np.ones(3), backend="memfd") as made:
+        made.freeze()
+        with pytest.raises(OSError, match="frozen"):
+            made.transfer()
+        assert made.owner

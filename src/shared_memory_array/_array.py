@@ -987,6 +987,13 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         never received (the receiver died, the message was dropped) is abandoned:
         the ``clean`` command removes it once this process has exited.
 
+        A memfd segment (`backend`) lives only while some process holds it, so it
+        is handed over differently: this process keeps it until the receiver
+        has opened it, and its exit waits for that (10 seconds at most); the
+        receiver claims it by recording itself in the segment's header, and its
+        `name` then carries the receiver's pid.  What nobody receives is freed
+        when this process exits.  A frozen segment cannot be transferred.
+
         Returns
         -------
         SharedMemoryArray
@@ -1000,7 +1007,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         ClosedHandleError
             The handle was closed.
         OSError
-            Not on Linux: the hand-over renames the segment, which macOS cannot do.
+            Not on Linux: the hand-over renames the segment, which macOS cannot do;
+            or the segment is a frozen memfd segment.
 
         Examples
         --------
@@ -1018,12 +1026,6 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             raise self._closed_error()
         if not _segment.CAN_RENAME:  # pragma: no cover - macOS
             raise OSError(errno.ENOTSUP, "transfer() needs Linux, where segments can be renamed")
-        if _segment.is_memfd(self._spec.name):
-            raise OSError(
-                errno.ENOTSUP,
-                f"memfd segment {self._spec.name!r} cannot be transferred: it goes with the "
-                "process that made it; make the array with backend='named' to hand it over",
-            )
         if not self.owner or self._manager is not None:
             raise NotOwnerError(
                 f"shared array {self._spec.name!r} can only be transferred by its owner "
@@ -1031,6 +1033,12 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 segment=self._spec.name,
             )
         spec = self._spec
+        if _segment.is_memfd(spec.name) and _segment.frozen(spec.name):
+            raise OSError(
+                errno.ENOTSUP,
+                f"memfd segment {spec.name!r} is frozen, so it cannot be transferred (the "
+                "receiver records itself in the segment); transfer it, then freeze it there",
+            )
         with _interrupts.deferred():  # in between, nobody would unlink it
             if self._finalizer is not None:
                 self._finalizer.cancel()
@@ -1139,7 +1147,10 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             finalizer, self._finalizer = self._finalizer, None
             if finalizer is not None and finalizer.still_active():
                 finalizer.cancel()
-                _keepers.unregister_creator(name)  # the receiver's tracker takes over
+                if _segment.is_memfd(name):
+                    _segment.send(name)  # held here until received
+                else:
+                    _keepers.unregister_creator(name)  # the receiver's tracker takes over
         assert identity is not None  # an owner's handle knows its segment
         token = _layout.dtype_token(dtype)
         return (_receive, (name, shape, token, fortran, tuple(identity), host or host_key()))

@@ -11,7 +11,9 @@ digits>``, and the file carries the label ``sma_<16 hex digits>`` (what
 from whatever file takes that descriptor number later.
 
 Closing the creator's descriptor is this backend's unlink: attaching by name is
-refused from then on, and the memory goes with the last mapping.  A fork()ed
+refused from then on, and the memory goes with the last mapping.  A segment
+handed to another process (`send`, `claim`) changes hands through its header:
+the sender keeps its descriptor until the receiver has opened one of its own.  A fork()ed
 child closes the descriptors it inherits (see `_after_fork_in_child`), so that
 only the creator keeps a segment reachable.  Segments are sealed against
 shrinking and growing once written (no process can truncate one under another's
@@ -29,7 +31,9 @@ import resource
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Iterable
+from multiprocessing import util
 
 from . import _interrupts, _layout, _memlimit, _posix
 from ._errors import FrozenSegmentError, OutOfSharedMemoryError, SegmentNotFoundError
@@ -42,6 +46,7 @@ AVAILABLE = (
 )
 # fcntl lacks some of these names before Python 3.9 or on old C libraries.
 _F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+_F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
 _F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
 _F_SEAL_GROW = getattr(fcntl, "F_SEAL_GROW", 0x0004)
 _F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)  # Linux 5.1+
@@ -50,18 +55,28 @@ _FLAGS = getattr(os, "MFD_CLOEXEC", 1) | getattr(os, "MFD_ALLOW_SEALING", 2)
 _NAME = re.compile(r"sma_(\d+)_fd(\d+)_([0-9a-f]{16})\Z")
 _LABEL = re.compile(r"/memfd:(sma_[0-9a-f]{16}) \(deleted\)\Z")
 
-# The descriptors of the segments this process made and still holds, by name.
+# The descriptors of the segments this process owns, by name, and of those it
+# has sent (`send`) that no receiver has claimed yet.
 _owned: dict[str, int] = {}
+_sent: dict[str, int] = {}
 _owned_lock = threading.Lock()
+_IN_FLIGHT = _layout.keeper_field(0)  # a sent segment's keeper until it is claimed
+# How long a process that exits waits for the receivers of what it sent: a pool
+# worker may exit (maxtasksperchild, a shutdown) right after sending a result.
+_RECEIVERS_SECONDS = 10.0
+_exit_wait: util.Finalize | None = None  # runs `_wait_for_receivers` at exit
+_watcher: threading.Thread | None = None  # runs `_watch_sent` while some are sent
 
 
 def _after_fork_in_child() -> None:
-    global _owned_lock
+    global _owned_lock, _watcher
     _owned_lock = threading.Lock()  # another thread may have held it at fork()
-    for fd in _owned.values():
+    _watcher = None
+    for fd in [*_owned.values(), *_sent.values()]:
         with contextlib.suppress(OSError):
             os.close(fd)
     _owned.clear()
+    _sent.clear()
 
 
 if AVAILABLE:
@@ -87,10 +102,10 @@ def _where(name: str) -> str:
 def _gone(name: str) -> SegmentNotFoundError:
     pid = _parts(name)[0]
     if os.path.exists(f"/proc/{pid}"):
-        why = f"its creator, process {pid}, has closed it (or is in another PID namespace)"
+        why = f"its owner, process {pid}, has closed it (or is in another PID namespace)"
     else:
         why = (
-            f"its creator, process {pid}, has exited, or runs in another PID namespace, "
+            f"its owner, process {pid}, has exited, or runs in another PID namespace, "
             "which memfd segments cannot reach (use backend='named' there)"
         )
     return SegmentNotFoundError(f"memfd segment {name!r} cannot be attached: {why}", segment=name)
@@ -280,10 +295,124 @@ def unlink(name: str) -> bool:
     afterwards.  False if this process does not hold it (not its creator, or closed)."""
     with _owned_lock:
         fd = _owned.pop(name, None)
+        if fd is None:
+            fd = _sent.pop(name, None)
     if fd is None:
         return False
     os.close(fd)
     return True
+
+
+def send(name: str) -> None:
+    """Put segment ``name``, owned here, in flight to the process that will `claim` it.
+
+    Its header names no keeper from now on, until a receiver claims it by naming
+    itself there.  This process holds its descriptor until then (nobody can
+    receive a segment once its sender has let go), and lets go soon after, so
+    that the memory goes with the receiver's last use: a thread watches the
+    segments in flight while there are some.  When this process exits, it
+    waits up to `_RECEIVERS_SECONDS` for their receivers.
+    """
+    global _exit_wait, _watcher
+    with _owned_lock:
+        fd = _owned.pop(name)
+        _sent[name] = fd
+        os.pwrite(fd, _IN_FLIGHT, _layout.KEEPER_OFFSET)
+        # A multiprocessing finalizer runs in pool workers too, which end with
+        # os._exit; a child's start clears those registered before it (while it
+        # imports __main__, say), and a fork()ed child inherits this one's.
+        if _exit_wait is None or not _exit_wait.still_active():
+            _exit_wait = util.Finalize(None, _wait_for_receivers, exitpriority=0)
+        if _watcher is None:
+            _watcher = threading.Thread(target=_watch_sent, daemon=True)
+            _watcher.name = "shared-memory-array-handover"
+            _watcher.start()
+
+
+def claim(name: str, identity: Identity) -> str | None:
+    """Make segment ``name``, sent by its owner (`send`), this process's own; return
+    the name it has here, or None if it is not in flight (received already).
+
+    Of two processes claiming it, one succeeds: each takes the segment's ``flock``
+    to read and write its keeper.  Raises `SegmentNotFoundError` where the sender
+    has let go of it (it exited, or waited for a receiver in vain).
+    """
+    fd, st = open_file(name, writable=True)
+    try:
+        if not identity.same_file(_posix.identity_of(st)):
+            os.close(fd)
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held by other receivers for two system calls
+        try:
+            if os.pread(fd, len(_IN_FLIGHT), _layout.KEEPER_OFFSET) != _IN_FLIGHT:
+                os.close(fd)
+                return None
+            os.pwrite(fd, _layout.keeper_field(os.getpid()), _layout.KEEPER_OFFSET)
+        finally:
+            with contextlib.suppress(OSError):  # closed above
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    new = f"sma_{os.getpid()}_fd{fd}_{_parts(name)[2][4:]}"
+    with _owned_lock:
+        _owned[new] = fd
+    return new
+
+
+def _let_go_of_claimed() -> bool:
+    """Close the descriptors of the sent segments that a receiver has claimed;
+    whether some are still in flight."""
+    with _owned_lock:
+        claimed = [
+            name
+            for name, fd in _sent.items()
+            if os.pread(fd, len(_IN_FLIGHT), _layout.KEEPER_OFFSET) != _IN_FLIGHT
+        ]
+        fds = [_sent.pop(name) for name in claimed]
+        waiting = bool(_sent)
+    for fd in fds:
+        os.close(fd)
+    return waiting
+
+
+def _watch_sent() -> None:
+    """Let go of the sent segments as they are claimed, until none is in flight."""
+    global _watcher
+    pause = 0.001
+    while True:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        if not _let_go_of_claimed():
+            with _owned_lock:
+                if not _sent:  # else one was sent meanwhile: watch it too
+                    _watcher = None
+                    return
+
+
+def _wait_for_receivers() -> None:
+    """At exit: wait until each sent segment is claimed, for `_RECEIVERS_SECONDS` at
+    most, then let go of all (what nobody received is freed)."""
+    deadline = time.monotonic() + _RECEIVERS_SECONDS
+    pause = 0.001
+    while _let_go_of_claimed() and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    with _owned_lock:
+        fds = list(_sent.values())
+        _sent.clear()
+    for fd in fds:
+        os.close(fd)
+
+
+def frozen(name: str) -> bool:
+    """Whether segment ``name``, owned here, is sealed against writing (`freeze`)."""
+    with _owned_lock:
+        fd = _owned.get(name)
+    if fd is None:
+        raise _gone(name)
+    return bool(fcntl.fcntl(fd, _F_GET_SEALS) & _F_SEAL_FUTURE_WRITE)
 
 
 def freeze(name: str) -> None:
@@ -321,18 +450,19 @@ def holders() -> dict[str, list[int]]:
                         continue
                     label = found[1]
                     users.setdefault(label, set()).add(pid)
-                    if label not in names and _made_by(path, pid):
+                    if label not in names and _kept_by(path, pid):
                         names[label] = f"sma_{pid}_fd{fd}_{label[4:]}"
         except OSError:  # gone, or not ours to read
             continue
     return {name: sorted(users[label]) for label, name in names.items()}
 
 
-def _made_by(path: str, pid: int) -> bool:
-    """Whether the segment open at ``path`` (in process ``pid``) was made by ``pid``,
-    as its header says: only its creator's descriptor gives a segment its name."""
+def _kept_by(path: str, pid: int) -> bool:
+    """Whether the segment open at ``path`` (in process ``pid``) is kept by ``pid``,
+    as its header says: only its owner's descriptor (its creator's, or its
+    receiver's after `claim`) gives a segment its name."""
     with open(path, "rb") as file:
-        return _layout.origin(file.read(256)).creator == pid
+        return _layout.origin(file.read(256)).keeper == pid
 
 
 def names() -> list[str]:

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _cache, _inspect, _interrupts, _keepers, _layout, _names, _segment, _write
+from . import _cache, _inspect, _interrupts, _keepers, _layout, _segment, _write
 from ._array import SharedMemoryArray
 from ._errors import OutOfSharedMemoryError, SegmentNotFoundError, UnsupportedDtypeError
 
@@ -248,32 +248,50 @@ class Lost(NamedTuple):
 
 
 def _ship(array: np.ndarray[Any, Any]) -> Any:
-    """Copy a result's array into a new segment, registered for crash cleanup only."""
-    name = _names.generate()
+    """Copy a result's array into a new segment: a named one registered for crash
+    cleanup only, or a memfd one held until the parent has it."""
     try:
         shape, dtype = _layout.normalize(array.shape, array.dtype)
+        fortran = _layout.is_fortran(array)
         with _interrupts.deferred():
-            _, made = _write.create(
-                name, shape, dtype, _layout.is_fortran(array), array, keeper=os.getpid()
+            name, made = _write.create(
+                None, shape, dtype, fortran, array, keeper=os.getpid(), backend=None
             )
             _cache.forget(name)  # this process is done with it
-            _keepers.register_creator(name)
+            if _segment.is_memfd(name):
+                _segment.send(name)
+            else:
+                _keepers.register_creator(name)
     except (UnsupportedDtypeError, OutOfSharedMemoryError):
         return array  # pickled as usual
     return Result(name, tuple(made.identity), type(array) is np.memmap)
+
+
+def _replaced(name: str) -> SegmentNotFoundError:
+    return SegmentNotFoundError(
+        f"the segment of a task's result, {name!r}, was replaced or taken already",
+        segment=name,
+    )
 
 
 def take(name: str, identity: tuple[int, ...], memmap: bool) -> Any:
     """Unpickle a `Result`: map its segment and remove its name (never raises:
     an error here would kill the pool's result thread, so it comes back as `Lost`)."""
     try:
-        segment, found, head = _segment.open_existing(name, writable=True)
-        if not found.same_file(identity):
-            raise SegmentNotFoundError(
-                f"the segment of a task's result, {name!r}, was replaced", segment=name
-            )
-        _segment.unlink(name)
-        _keepers.unregister_creator(name)
+        if _segment.is_memfd(name):  # claimed from the worker, then let go of here
+            mine = _segment.claim(name, _segment.Identity(*identity))
+            if mine is None:
+                raise _replaced(name)
+            try:
+                segment, found, head = _segment.open_existing(mine, writable=True)
+            finally:
+                _segment.unlink(mine)
+        else:
+            segment, found, head = _segment.open_existing(name, writable=True)
+            if not found.same_file(identity):
+                raise _replaced(name)
+            _segment.unlink(name)
+            _keepers.unregister_creator(name)
         layout = _layout.decode(head, segment.size, name)
         if layout is None:
             raise SegmentNotFoundError(f"segment {name!r} is not a task's result", segment=name)

@@ -179,6 +179,23 @@ def freeze(name: str) -> None:
     _memfd.freeze(name)
 
 
+def frozen(name: str) -> bool:
+    """Whether memfd segment ``name``, owned here, is frozen (see `freeze`)."""
+    return _memfd.frozen(name)
+
+
+def send(name: str) -> None:
+    """Put memfd segment ``name``, owned here, in flight to another process (see
+    `_memfd.send`; a named segment is handed over by `rename`)."""
+    _memfd.send(name)
+
+
+def claim(name: str, identity: Identity) -> str | None:
+    """Take memfd segment ``name``, in flight (`send`), as this process's own (see
+    `_memfd.claim`); its name here, or None if it was received already."""
+    return _memfd.claim(name, identity)
+
+
 def names(*, memfd: bool = True) -> list[str]:
     """The names of all segments this process can see: ``/dev/shm``'s, and memfd
     ones unless ``memfd`` is False (finding those reads every process's ``/proc``)."""
@@ -205,12 +222,14 @@ __all__ = [
     "Bytes",
     "Identity",
     "choose",
+    "claim",
     "create",
     "device",
     "directory_state",
     "exists",
     "free_bytes",
     "freeze",
+    "frozen",
     "holders",
     "identity",
     "is_memfd",
@@ -219,6 +238,7 @@ __all__ = [
     "open_file",
     "rename",
     "reserve",
+    "send",
     "side_file",
     "unlink",
 ]

@@ -25,7 +25,16 @@ def claim(name: str, identity: Identity) -> str:
     header then names this process as its keeper, so that ``clean`` leaves it
     alone while this process lives, and this process's resource tracker unlinks it
     if the process is killed.
+
+    A memfd segment cannot be renamed: this process opens it and names itself its
+    keeper instead (see `_memfd.claim`), and its name here carries this process's
+    descriptor.
     """
+    if _segment.is_memfd(name):
+        new = _segment.claim(name, identity)
+        if new is None:
+            raise _gone(name)
+        return new
     if not identity.same_file(_segment.identity(name)):
         raise _gone(name)
     new = _names.generate()

@@ -2,7 +2,10 @@
 
 Each task makes a shared array without a manager, fills it, and returns
 out.transfer(): the parent receives owner handles, passes them to more tasks without
-copying the arrays, and closes them when done. Linux only.
+copying the arrays, and closes them when done. Linux only. It works the same with
+memfd segments (what a container with a small /dev/shm gets; try it with
+SHARED_MEMORY_ARRAY_BACKEND=memfd): each worker then keeps its array until the
+parent has opened it.
 """
 
 from multiprocessing import Pool

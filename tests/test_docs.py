@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +28,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 SPAWN = "import multiprocessing; multiprocessing.set_start_method('spawn', force=True)\n"
 
 
-def run_script(text: str, tmp_path: Path) -> None:
+def run_script(text: str, tmp_path: Path, **environment: str) -> None:
     script = tmp_path / "script.py"
     script.write_text(SPAWN + text)
     result = subprocess.run(
@@ -37,6 +38,7 @@ def run_script(text: str, tmp_path: Path) -> None:
         timeout=300,
         cwd=tmp_path,
         check=False,
+        env={**os.environ, **environment},
     )
     assert result.returncode == 0, result.stderr
     assert without_dask_heartbeat_races(result.stderr) == ""
@@ -50,3 +52,11 @@ def test_code_block_runs(block, tmp_path):
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
 def test_example_runs(example, tmp_path):
     run_script(example.read_text(), tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memfd segments need Linux")
+@pytest.mark.parametrize("example", ["transfer_results.py", "dropin_executor.py"])
+def test_hand_over_examples_run_with_memfd_segments(example, tmp_path):
+    # What a container with a small /dev/shm gets: every segment a memfd.
+    text = (ROOT / "examples" / example).read_text()
+    run_script(text, tmp_path, SHARED_MEMORY_ARRAY_BACKEND="memfd")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import pickle
 import signal
@@ -326,3 +327,36 @@ def test_a_frozen_memfd_array_cannot_be_transferred():
         with pytest.raises(OSError, match="frozen"):
             made.transfer()
         assert made.owner
+
+
+def receive_when_told(sent: bytes, start, results) -> None:
+    """In a child: unpickle the hand-over once ``start`` is set, report whether it works."""
+    start.wait()
+    handle = pickle.loads(sent)
+    try:
+        results.put(float(handle.as_array().sum()))
+    except SegmentNotFoundError:
+        results.put(None)
+    handle.close()
+
+
+@memfd_only
+def test_of_two_racing_receivers_exactly_one_gets_a_memfd_array():
+    context = multiprocessing.get_context("fork")
+    for _ in range(10):
+        sent = pickle.dumps(SharedMemoryArray.copy(None, np.ones(4), backend="memfd").transfer())
+        start, results = context.Event(), context.Queue()
+        racers = [
+            context.Process(target=receive_when_told, args=(sent, start, results))
+            for _ in range(2)
+        ]
+        for racer in racers:
+            racer.start()
+        start.set()
+        outcomes = sorted([results.get(timeout=60), results.get(timeout=60)], key=str)
+        for racer in racers:
+            racer.join(60)
+        results.close()
+        results.join_thread()
+        assert outcomes == [4.0, None]
+        assert [racer.exitcode for racer in racers] == [0, 0]

@@ -11,8 +11,10 @@ rules:
   next attach in this process.  The check costs one ``stat`` of ``/dev/shm`` when
   nothing there changed since the last one (its modification time and size change
   with every segment made or unlinked), and a ``stat`` per cached segment when
-  something did; a memfd segment, of which ``/dev/shm`` knows nothing, costs a
-  ``stat`` of its ``/proc`` entry each time.  A pickled handle also carries its
+  something did.  A memfd segment, of which ``/dev/shm`` knows nothing, costs a
+  ``stat`` of its ``/proc`` entry, once every `MEMFD_CHECK_SECONDS` at most (at
+  every attach, it cost a pool worker using two arrays a third more per task),
+  and at every attach by its name alone.  A pickled handle also carries its
   segment's identity, so it is never given a mapping of another segment that
   took the name.  An owner's unlink drops its entry at once, and so does an
   explicit close of the last live handle of this process on a segment
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -39,6 +42,7 @@ from ._layout import Layout
 from ._segment import Bytes, Identity
 
 MAX_ENTRIES = 32
+MEMFD_CHECK_SECONDS = 0.05
 
 
 def add_user(users: list[weakref.ref[Any]], handle: object) -> None:
@@ -72,6 +76,7 @@ class Mapped(NamedTuple):
 _lock = threading.RLock()
 _entries: OrderedDict[tuple[str, bool], Mapped] = OrderedDict()  # (name, read-only)
 _checked_state: object = None  # /dev/shm's state when every entry was last checked
+_memfd_checked = 0.0  # when the memfd entries were last checked (time.monotonic)
 
 
 def _reset_lock() -> None:
@@ -98,7 +103,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
     attach holds a mapping: an exception's traceback keeps its frames' locals alive,
     and Dask keeps an erred task's traceback (issue 10).
     """
-    global _checked_state
+    global _checked_state, _memfd_checked
     hit = _entries.get(key)
     # A pickled handle naming a segment mapped here is served that mapping: it
     # is the very segment, unlinked or not.
@@ -108,10 +113,16 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
     if _entries:
         state = _segment.directory_state()
         changed = state is None or state != _checked_state  # something was made or unlinked
+        now = time.monotonic()
+        memfd_due = changed or now - _memfd_checked >= MEMFD_CHECK_SECONDS
+        # An attach by name alone must not be given a memfd its owner has closed.
+        by_name = identity is None and _segment.is_memfd(key[0])
         complete = True
-        for other, cached in list(_entries.items()):
-            # memfd segments leave no trace in /dev/shm's state: checked each time
-            if not changed and not _segment.is_memfd(other[0]):
+        for other, cached in list(_entries.items()) if memfd_due or by_name else ():
+            if _segment.is_memfd(other[0]):  # /dev/shm's state says nothing of these
+                if not memfd_due and other != key:
+                    continue
+            elif not changed:
                 continue
             if cached.identity.same_mapping(_segment.identity(other[0])):
                 continue
@@ -119,6 +130,8 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
                 complete = False  # gone, but named by this pickle: serve it once more
             else:
                 _entries.pop(other, None)
+        if memfd_due:
+            _memfd_checked = now
         if changed:
             _checked_state = state if complete else None
     hit = _entries.get(key)

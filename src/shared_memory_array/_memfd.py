@@ -13,9 +13,9 @@ from whatever file takes that descriptor number later.
 Closing the creator's descriptor is this backend's unlink: attaching by name is
 refused from then on, and the memory goes with the last mapping.  A segment
 handed to another process (`send`, `claim`) changes hands through its header:
-the sender keeps its descriptor until the receiver has opened one of its own.  A fork()ed
-child closes the descriptors it inherits (see `_after_fork_in_child`), so that
-only the creator keeps a segment reachable.  Segments are sealed against
+the sender keeps its descriptor until the receiver has opened one of its own.  A
+fork()ed child closes the descriptors it inherits (see `_after_fork_in_child`),
+so that only the owner keeps a segment reachable.  Segments are sealed against
 shrinking and growing once written (no process can truncate one under another's
 mapping, which would SIGBUS it), and `freeze` seals them against writing.
 """
@@ -339,26 +339,29 @@ def claim(name: str, identity: Identity) -> str | None:
     """
     fd, st = open_file(name, writable=True)
     try:
-        if not identity.same_file(_posix.identity_of(st)):
-            os.close(fd)
-            return None
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held by other receivers for two system calls
-        try:
-            if os.pread(fd, len(_IN_FLIGHT), _layout.KEEPER_OFFSET) != _IN_FLIGHT:
-                os.close(fd)
-                return None
-            os.pwrite(fd, _layout.keeper_field(os.getpid()), _layout.KEEPER_OFFSET)
-        finally:
-            with contextlib.suppress(OSError):  # closed above
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        claimed = identity.same_file(_posix.identity_of(st)) and _take(fd)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        os.close(fd)
         raise
+    if not claimed:
+        os.close(fd)
+        return None
     new = f"sma_{os.getpid()}_fd{fd}_{_parts(name)[2][4:]}"
     with _owned_lock:
         _owned[new] = fd
     return new
+
+
+def _take(fd: int) -> bool:
+    """Name this process the keeper of the segment open as ``fd`` if it is in flight."""
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held by other receivers for two system calls
+    try:
+        if os.pread(fd, len(_IN_FLIGHT), _layout.KEEPER_OFFSET) != _IN_FLIGHT:
+            return False
+        os.pwrite(fd, _layout.keeper_field(os.getpid()), _layout.KEEPER_OFFSET)
+        return True
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _let_go_of_claimed() -> bool:

@@ -341,6 +341,30 @@ def test_leaving_the_pool_with_calls_in_flight_does_not_wait_for_them():
     assert int(result.stdout) < 10  # the 50 naps would take 12 s each time
 
 
+def test_terminate_ends_the_task_thread_before_it_kills_the_workers():
+    # multiprocessing.Pool kills the workers first, and its task thread then waits
+    # forever for the result queue's lock if a killed worker held it (cpython#96995).
+    def slowly():
+        while True:
+            time.sleep(0.05)
+            yield 0.5
+
+    seen = []
+    with Pool(2) as pool:
+        pool.imap(time.sleep, slowly())  # the task thread is busy taking items
+        time.sleep(0.2)
+        task_thread = pool._task_handler  # type: ignore[attr-defined]
+        for worker in pool._pool:  # type: ignore[attr-defined]
+            kill = worker.terminate
+
+            def watched(kill=kill):
+                seen.append(task_thread.is_alive())
+                kill()
+
+            worker.terminate = watched
+    assert seen == [False, False]
+
+
 def test_a_task_that_cannot_be_sent_fails_the_map_at_once():
     with Pool(2) as pool, pytest.raises(Exception, match=r"pickle|local object"):
         pool.map(lambda value: value, range(100))

@@ -347,8 +347,7 @@ def test_of_two_racing_receivers_exactly_one_gets_a_memfd_array():
         sent = pickle.dumps(SharedMemoryArray.copy(None, np.ones(4), backend="memfd").transfer())
         start, results = context.Event(), context.Queue()
         racers = [
-            context.Process(target=receive_when_told, args=(sent, start, results))
-            for _ in range(2)
+            context.Process(target=receive_when_told, args=(sent, start, results)) for _ in range(2)
         ]
         for racer in racers:
             racer.start()

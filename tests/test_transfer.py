@@ -29,6 +29,19 @@ def exists(name: str) -> bool:
     return os.path.exists(os.path.join(SHM, name))
 
 
+def _handovers_settled() -> None:
+    """Wait until this process has let go of the memfd segments it sent and were claimed."""
+    for thread in threading.enumerate():
+        if thread.name == "shared-memory-array-handover":
+            thread.join()
+
+
+memfd_only = pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="memfd segments need Linux's memfd_create"
+)
+BACKENDS = ["named", pytest.param("memfd", marks=memfd_only)]
+
+
 def test_pool_workers_hand_their_arrays_to_the_parent(context):
     # maxtasksperchild=1: each worker exits right after sending its result
     with context.Pool(2, maxtasksperchild=1) as pool:
@@ -103,23 +116,26 @@ def test_only_an_owner_made_without_a_manager_can_transfer():
         kept.close()
 
 
-def test_a_separate_interpreter_receives_and_owns_it(tmp_path):
-    made = SharedMemoryArray.copy(None, np.arange(4.0))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_separate_interpreter_receives_and_owns_it(tmp_path, backend):
+    made = SharedMemoryArray.copy(None, np.arange(4.0), backend=backend)
     (tmp_path / "sent").write_bytes(pickle.dumps(made.transfer()))
     result = run_python(
         """
-        import os, pickle, sys
+        import pickle, sys
         handle = pickle.loads(open(sys.argv[1], "rb").read())
-        print(handle.owner, handle.as_array().sum(), handle.name, flush=True)
+        print(handle.owner, handle.as_array().sum(), handle.backend, handle.name, flush=True)
         """,
         str(tmp_path / "sent"),
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    owner, total, name = result.stdout.split()
-    assert (owner, total) == ("True", "6.0")
-    assert not exists(name)  # the receiver unlinked it at exit
+    owner, total, kind, name = result.stdout.split()
+    assert (owner, total, kind) == ("True", "6.0", backend)
+    assert not exists(name)  # named: the receiver unlinked it at exit
     assert not exists(made.name)
+    _handovers_settled()
+    assert memfd_labels() == []  # memfd: claimed, so this process let go of it
 
 
 def test_a_segment_sent_but_never_received_is_cleaned_once_the_sender_has_gone(tmp_path):
@@ -199,18 +215,6 @@ def test_joblib_workers_hand_their_arrays_to_the_caller():
 # --- memfd segments: the sender holds the segment until the receiver has opened it
 
 
-def _handovers_settled() -> None:
-    """Wait until this process has let go of what it sent and was claimed."""
-    for thread in threading.enumerate():
-        if thread.name == "shared-memory-array-handover":
-            thread.join()
-
-
-memfd_only = pytest.mark.skipif(
-    not hasattr(os, "memfd_create"), reason="memfd segments need Linux's memfd_create"
-)
-
-
 @memfd_only
 def test_pool_workers_hand_their_memfd_arrays_to_the_parent_as_they_exit(context):
     # maxtasksperchild=1: each worker exits right after sending, and waits for its
@@ -263,25 +267,6 @@ def test_a_memfd_transfer_never_pickled_is_closed_when_collected():
     del sent
     gc.collect()
     assert memfd_labels() == []
-
-
-@memfd_only
-def test_a_separate_interpreter_receives_a_memfd_array_and_this_process_lets_go(tmp_path):
-    made = SharedMemoryArray.copy(None, np.arange(4.0), backend="memfd")
-    (tmp_path / "sent").write_bytes(pickle.dumps(made.transfer()))
-    result = run_python(
-        """
-        import pickle, sys
-        handle = pickle.loads(open(sys.argv[1], "rb").read())
-        print(handle.owner, handle.as_array().sum(), handle.backend, flush=True)
-        """,
-        str(tmp_path / "sent"),
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert result.stdout.split() == ["True", "6.0", "memfd"]
-    _handovers_settled()
-    assert memfd_labels() == []  # claimed: the sender's descriptor went
 
 
 @memfd_only

@@ -82,12 +82,13 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
       removes what killed workers left, and if this process is killed its
       resource tracker removes the rest (the workers leave with it).
 
-    Arrays smaller than ``min_bytes``, arrays holding Python objects, subclasses
-    other than ``numpy.memmap``, arrays ``/dev/shm`` has no room for, and
-    everything else are pickled as usual.  `map` submits every task at once, as
-    the standard executor does: with many distinct large arrays, each is in
-    shared memory until its task is done (`Pool` sends them out as workers take
-    them).
+    Where ``/dev/shm`` has no room for an array, it goes through a memfd segment
+    (Linux), in either direction.  Arrays smaller than ``min_bytes``, arrays
+    holding Python objects, subclasses other than ``numpy.memmap``, arrays the
+    memory has no room for, and everything else are pickled as usual.  `map`
+    submits every task at once, as the standard executor does: with many
+    distinct large arrays, each is in shared memory until its task is done
+    (`Pool` sends them out as workers take them).
 
     Parameters
     ----------

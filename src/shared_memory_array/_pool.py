@@ -215,8 +215,9 @@ class Pool(multiprocessing.pool.Pool):
     arrays once per call.  An argument's segment is removed once no task that
     was given it is still out, and at the latest at `terminate` (the ``with``
     block's end) or `join`; those also remove what workers killed meanwhile left
-    in shared memory.  Where ``/dev/shm`` has no room for an array, it is
-    pickled as usual.
+    in shared memory.  Where ``/dev/shm`` has no room for an array, it goes
+    through a memfd segment (Linux), in either direction; where the memory has
+    no room for it either, it is pickled as usual.
 
     Parameters
     ----------

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 import operator
 import struct
 import sys
@@ -138,10 +139,7 @@ _INTP_MIN = int(np.iinfo(np.intp).min)
 
 def count(shape: tuple[int, ...]) -> int:
     """Number of elements of an array of this shape."""
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+    return math.prod(shape)
 
 
 def normalize_dtype(dtype: Any, segment: str | None = None) -> np.dtype[Any]:
@@ -342,18 +340,25 @@ def header_length(head: bytes) -> int:
     A first read of a few hundred bytes is enough unless the dtype has a very long
     description; then read this many and decode again.
     """
-    if head[:8] != MAGIC or len(head) < _LENGTHS.size:
+    if len(head) < _LENGTHS.size:
         return 0
+    magic: bytes
     version: int
     ndim: int
     length: int
-    _, version, _, ndim, length = _LENGTHS.unpack_from(head)
+    magic, version, _, ndim, length = _LENGTHS.unpack_from(head)
+    if magic != MAGIC:
+        return 0
     fixed = _FIXED.get(version)
     if fixed is None:
         return _START.size  # a format unknown here: enough for decode to refuse it
     if len(head) < fixed.size:
         return 0
-    return fixed.size + 8 * min(ndim, _MAX_DIMS + 1) + min(length, _MAX_DESCRIPTION + 1)
+    if ndim > _MAX_DIMS:  # corrupt: enough for decode to say so
+        ndim = _MAX_DIMS + 1
+    if length > _MAX_DESCRIPTION:
+        length = _MAX_DESCRIPTION + 1
+    return fixed.size + 8 * ndim + length
 
 
 class Origin(NamedTuple):
@@ -399,9 +404,11 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
     LayoutError
         The header is corrupt, or in a format newer than this version reads.
     """
-    if head[:8] != MAGIC or len(head) < _START.size:
+    if len(head) < _START.size:
         return None
-    version = _START.unpack_from(head)[1]
+    magic, version = _START.unpack_from(head)
+    if magic != MAGIC:
+        return None
     fixed = _FIXED.get(version)
     if fixed is None:
         if version > FORMAT_VERSION:

@@ -306,6 +306,18 @@ def own_then_die(_: object) -> None:
     kept.close()  # never reached
 
 
+def own_then_die_on_the_second(item: int, path: str) -> int:
+    """A task: the second item's worker is killed with a segment of its own, whose
+    name it writes to ``path`` first."""
+    if item == 1:
+        kept = SharedMemoryArray.copy(None, big())
+        with open(path + ".part", "w") as file:
+            file.write(kept.name)
+        os.rename(path + ".part", path)  # never seen half written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item
+
+
 def fail(array: np.ndarray) -> None:
     raise ValueError(f"task saw {array.size} elements")
 

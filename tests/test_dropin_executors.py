@@ -22,6 +22,7 @@ from helpers import (
     mapped_segments,
     nested_result,
     own_then_die,
+    own_then_die_on_the_second,
     run_python,
     scribble,
     slow,
@@ -30,7 +31,7 @@ from helpers import (
     twice_the_same,
     unpicklable,
 )
-from shared_memory_array import Pool, ProcessPoolExecutor
+from shared_memory_array import Pool, ProcessPoolExecutor, segment_info
 
 SHM = "/dev/shm"
 # ------------------------------------------------------------------ arguments
@@ -199,6 +200,18 @@ def test_what_a_killed_worker_owned_is_removed_at_shutdown(context):
     pool.apply_async(own_then_die, (None,))  # the pool replaces the worker; the call never ends
     time.sleep(0.5)
     pool.terminate()
+
+
+def test_what_a_worker_started_during_a_call_owned_is_removed_at_terminate(tmp_path):
+    # maxtasksperchild=1: the second item runs in a worker the pool started during
+    # the call, which is killed with a segment of its own
+    marker = tmp_path / "name"
+    pool = Pool(1, maxtasksperchild=1)
+    pool.starmap_async(own_then_die_on_the_second, [(0, str(marker)), (1, str(marker))])
+    while not marker.exists() or not segment_info(marker.read_text()).abandoned:
+        time.sleep(0.05)  # until that worker is dead (the call never ends)
+    pool.terminate()  # not at this process's exit, by the resource tracker
+    assert not os.path.exists(os.path.join(SHM, marker.read_text()))
 
 
 def test_cancelled_futures_and_a_shutdown_without_waiting_leave_nothing():

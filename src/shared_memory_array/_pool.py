@@ -104,6 +104,23 @@ _POLL_SECONDS = 0.1
 _RUN = 0  # multiprocessing.pool.RUN
 
 
+class _Workers(list):  # type: ignore[type-arg]
+    """A pool's list of worker processes that keeps the pid of every worker ever in
+    it, replaced ones included, for `_offload.sweep` (multiprocessing appends each
+    worker once started, and removes it once it has exited)."""
+
+    def __init__(self, workers: Iterable[Any] = ()) -> None:
+        super().__init__()
+        self.pids: set[int] = set()
+        for worker in workers:
+            self.append(worker)
+
+    def append(self, worker: Any) -> None:
+        if worker.pid:
+            self.pids.add(worker.pid)
+        super().append(worker)
+
+
 class _Settled:
     """A pool call once its results are in: its arguments let go, its value unpacked."""
 
@@ -247,7 +264,6 @@ class Pool(multiprocessing.pool.Pool):
         min_bytes: int = 1 << 20,
     ) -> None:
         self._arguments = _offload.Arguments(min_bytes)
-        self._workers: set[int] = set()  # every worker's pid, for `_offload.sweep`
         self._feeds: weakref.WeakSet[_Feed] = weakref.WeakSet()  # calls that may be out
         _keepers.start_tracker()  # before any worker: they must share it
         start = _offload.worker_start(initializer)
@@ -271,7 +287,6 @@ class Pool(multiprocessing.pool.Pool):
         except BaseException:
             self._arguments.release(holds)
             raise
-        self._note_workers()
         return AsyncResult(inner, settled)
 
     def _map_async(
@@ -287,7 +302,7 @@ class Pool(multiprocessing.pool.Pool):
         self._check_running()  # type: ignore[attr-defined]
         items = list(iterable)
         if chunksize is None:  # multiprocessing's choice, needed here for the window
-            chunksize, extra = divmod(len(items), len(self._pool) * 4)  # type: ignore[attr-defined]
+            chunksize, extra = divmod(len(items), len(self._pool) * 4)
             chunksize += 1 if extra else 0
         feed = _Feed(self._arguments, items, self._window(chunksize))
         settled = _Settled(self._arguments, [], feed, callback, error_callback)
@@ -305,7 +320,6 @@ class Pool(multiprocessing.pool.Pool):
             raise
         feed.result = inner
         self._feeds.add(feed)
-        self._note_workers()
         return AsyncResult(inner, settled)
 
     def imap(  # type: ignore[override]
@@ -332,17 +346,15 @@ class Pool(multiprocessing.pool.Pool):
         work = _offload.Call(ticketed, self._arguments.min_bytes)
         results = method(work, feed, chunksize)
         self._feeds.add(feed)
-        self._note_workers()
         return _Results(results, feed)
 
     def _window(self, chunksize: int) -> int:
         """How many items may be out at once: a chunk per worker, and one more."""
-        return max(1, chunksize) * (len(self._pool) + 1)  # type: ignore[attr-defined]
+        return max(1, chunksize) * (len(self._pool) + 1)
 
     def terminate(self) -> None:
         """As ``multiprocessing.pool.Pool.terminate``; every argument's segment goes
         too, and whatever the workers left in shared memory as they were stopped."""
-        self._note_workers()
         for feed in list(self._feeds):  # their tasks will never report back
             feed.close()
         super().terminate()
@@ -351,7 +363,6 @@ class Pool(multiprocessing.pool.Pool):
     def join(self) -> None:
         """As ``multiprocessing.pool.Pool.join``; every argument's segment goes too,
         and whatever workers killed meanwhile left in shared memory."""
-        self._note_workers()
         super().join()
         self._cleared()
 
@@ -369,9 +380,13 @@ class Pool(multiprocessing.pool.Pool):
             if inqueue._reader.poll(_POLL_SECONDS):
                 inqueue._reader.recv_bytes()
 
-    def _note_workers(self) -> None:
-        self._workers.update(process.pid for process in list(self._pool) if process.pid)  # type: ignore[attr-defined]
+    def _repopulate_pool(self) -> None:
+        # multiprocessing starts every worker here (and in a static twin its worker
+        # thread calls with this list): give it one that keeps their pids.
+        if type(self._pool) is list:  # type: ignore[has-type]
+            self._pool = _Workers(self._pool)  # type: ignore[has-type]
+        super()._repopulate_pool()  # type: ignore[misc]
 
     def _cleared(self) -> None:
         self._arguments.close()
-        _offload.sweep(self._workers)
+        _offload.sweep(self._pool.pids)

@@ -15,6 +15,7 @@ from multiprocessing import forkserver, resource_tracker
 
 import pytest
 
+from helpers import memfd_handovers_settled
 from shared_memory_array import segment_info
 
 SHM = "/dev/shm"
@@ -96,15 +97,6 @@ def _dask_worker_processes_released() -> None:
             thread.join(timeout=60)
 
 
-def _memfd_handovers_settled() -> None:
-    """Wait until this process has let go of the memfd segments it handed over
-    (``transfer()``): a thread closes the sender's descriptor once the receiver has
-    claimed one, within milliseconds, and ends when none is left in flight."""
-    for thread in threading.enumerate():
-        if thread.name == "shared-memory-array-handover":
-            thread.join(timeout=60)
-
-
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     if not sys.platform.startswith("linux"):
@@ -114,7 +106,7 @@ def no_leaks() -> Iterator[None]:
     fds_before = _fds()
     yield
     _dask_worker_processes_released()
-    _memfd_handovers_settled()
+    memfd_handovers_settled(timeout=60)
     # A killed process's segments are removed by another process, asynchronously.
     deadline = time.monotonic() + 5
     while True:

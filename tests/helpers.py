@@ -185,12 +185,19 @@ def memfd_labels(pid: int | str = "self") -> list[str]:
     return found
 
 
-def settled_memfd_labels() -> list[str]:
-    """`memfd_labels` once this process has let go of what it handed over and was
-    claimed (the thread that does it ends when nothing is left in flight)."""
+def memfd_handovers_settled(timeout: float | None = None) -> None:
+    """Wait until this process has let go of the memfd segments it handed over
+    (``transfer()``, a drop-in executor's result) and that were claimed: a thread
+    closes the sender's descriptor within milliseconds of the claim, and ends when
+    nothing is left in flight."""
     for thread in threading.enumerate():
         if thread.name == "shared-memory-array-handover":
-            thread.join()
+            thread.join(timeout)
+
+
+def settled_memfd_labels() -> list[str]:
+    """`memfd_labels` once `memfd_handovers_settled`."""
+    memfd_handovers_settled()
     return memfd_labels()
 
 

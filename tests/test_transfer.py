@@ -7,12 +7,17 @@ import multiprocessing
 import os
 import pickle
 import signal
-import threading
 
 import numpy as np
 import pytest
 
-from helpers import made_in_worker, made_in_worker_memfd, memfd_labels, run_python
+from helpers import (
+    made_in_worker,
+    made_in_worker_memfd,
+    memfd_handovers_settled,
+    memfd_labels,
+    run_python,
+)
 from shared_memory_array import (
     NotOwnerError,
     SegmentNotFoundError,
@@ -27,13 +32,6 @@ SHM = "/dev/shm"
 
 def exists(name: str) -> bool:
     return os.path.exists(os.path.join(SHM, name))
-
-
-def _handovers_settled() -> None:
-    """Wait until this process has let go of the memfd segments it sent and were claimed."""
-    for thread in threading.enumerate():
-        if thread.name == "shared-memory-array-handover":
-            thread.join()
 
 
 memfd_only = pytest.mark.skipif(
@@ -134,7 +132,7 @@ def test_a_separate_interpreter_receives_and_owns_it(tmp_path, backend):
     assert (owner, total, kind) == ("True", "6.0", backend)
     assert not exists(name)  # named: the receiver unlinked it at exit
     assert not exists(made.name)
-    _handovers_settled()
+    memfd_handovers_settled()
     assert memfd_labels() == []  # memfd: claimed, so this process let go of it
 
 
@@ -253,7 +251,7 @@ def test_a_memfd_array_is_received_once_and_the_sender_lets_go():
     assert first.owner and not second.owner
     with pytest.raises(SegmentNotFoundError, match="received already"):
         second.as_array()
-    _handovers_settled()
+    memfd_handovers_settled()
     assert len(memfd_labels()) == 1  # the receiver's descriptor only
     assert first.as_array().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     first.close()
@@ -301,7 +299,7 @@ def test_a_pipe_hands_a_memfd_array_to_a_child(context):
     child.join(60)
     ours.close()
     assert child.exitcode == 0
-    _handovers_settled()
+    memfd_handovers_settled()
     assert memfd_labels() == []
 
 

@@ -9,10 +9,10 @@ from ._errors import SegmentNotFoundError
 from ._segment import Identity
 
 
-def _gone(name: str) -> SegmentNotFoundError:
+def _gone(name: str, why: str = "or its segment was removed") -> SegmentNotFoundError:
     return SegmentNotFoundError(
         f"shared array {name!r} was handed over with transfer() and has been received "
-        "already (a transferred handle can be unpickled once), or its segment was removed",
+        f"already (a transferred handle can be unpickled once), {why}",
         segment=name,
     )
 
@@ -31,7 +31,10 @@ def claim(name: str, identity: Identity) -> str:
     descriptor.
     """
     if _segment.is_memfd(name):
-        new = _segment.claim(name, identity)
+        try:
+            new = _segment.claim(name, identity)
+        except SegmentNotFoundError as exc:  # the sender let go: received, or it gave up
+            raise _gone(name, f"or its sender let go of it: {exc}") from None
         if new is None:
             raise _gone(name)
         return new

@@ -159,10 +159,11 @@ def attach(
     (see `UntrustedSegmentError`) when it is not mapped here already.
     """
     key = (name, readonly)
-    with _lock:
-        hit = _lookup(key, identity)
-    if hit is not None:
-        return hit
+    if _entries:  # else nothing to serve or check: a process's first attach, say
+        with _lock:
+            hit = _lookup(key, identity)
+        if hit is not None:
+            return hit
     if validate:
         _names.validate(name)
     segment, found, head = _segment.open_existing(
@@ -223,7 +224,10 @@ def let_go(name: str, readonly: bool, segment: Bytes, handle: object) -> None:
         if entry is None or entry.segment is not segment:
             return
         users = entry.users
-        users[:] = [ref for ref in users if (live := ref()) is not None and live is not handle]
+        if len(users) == 1 and users[0]() is handle:  # the common case: the only one
+            users.clear()
+        else:
+            users[:] = [ref for ref in users if (live := ref()) is not None and live is not handle]
         if not users:
             del _entries[key]
 
@@ -257,6 +261,8 @@ def release_cached_mappings() -> int:
     int
         The number of cached mappings dropped.
     """
+    if not _entries:  # nothing to drop (read unlocked: a mapping added meanwhile stays)
+        return 0
     with _lock:
         count = len(_entries)
         _entries.clear()

@@ -422,7 +422,7 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
         return None
     _, _, flags, ndim, length, offset, nbytes = _SIZES.unpack_from(head)
     end = fixed.size + 8 * ndim + length
-    if ndim > _MAX_DIMS or length > _MAX_DESCRIPTION or end > min(offset, size):
+    if ndim > _MAX_DIMS or length > _MAX_DESCRIPTION or end > offset or end > size:
         raise _corrupt(
             name, f"{ndim} dimensions and a {length}-byte dtype do not fit before the data"
         )

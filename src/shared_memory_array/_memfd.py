@@ -85,7 +85,7 @@ if AVAILABLE:
 
 def is_memfd(name: str) -> bool:
     """Whether ``name`` is a memfd segment's (only this backend makes such names)."""
-    return _NAME.match(name) is not None
+    return "_fd" in name and _NAME.match(name) is not None  # the test first: attach is hot
 
 
 def _parts(name: str) -> tuple[int, int, str]:

@@ -94,6 +94,11 @@ def _parts(name: str) -> tuple[int, int, str]:
     return int(found[1]), int(found[2]), f"sma_{found[3]}"
 
 
+def _name(fd: int, token: str) -> str:
+    """The name of a segment this process holds as ``fd``, labelled ``sma_<token>``."""
+    return f"sma_{os.getpid()}_fd{fd}_{token}"
+
+
 def _where(name: str) -> str:
     pid, fd, _ = _parts(name)
     return f"/proc/{pid}/fd/{fd}"
@@ -190,7 +195,7 @@ def create(
         )
     token = secrets.token_hex(8)
     fd = _new_fd(f"sma_{token}")
-    name = f"sma_{os.getpid()}_fd{fd}_{token}"
+    name = _name(fd, token)
     try:
         os.fchmod(fd, 0o600)  # memfds start 0777
         head: list[tuple[int, Bytes]] = []
@@ -346,7 +351,7 @@ def claim(name: str, identity: Identity) -> str | None:
     if not claimed:
         os.close(fd)
         return None
-    new = f"sma_{os.getpid()}_fd{fd}_{_parts(name)[2][4:]}"
+    new = _name(fd, _parts(name)[2][4:])
     with _owned_lock:
         _owned[new] = fd
     return new
@@ -380,28 +385,30 @@ def _let_go_of_claimed() -> bool:
     return waiting
 
 
-def _watch_sent() -> None:
-    """Let go of the sent segments as they are claimed, until none is in flight."""
-    global _watcher
+def _let_go_as_claimed(deadline: float | None = None) -> None:
+    """Let go of the sent segments as they are claimed, until none is in flight or
+    ``deadline`` (``time.monotonic``) passes; polled at 1 ms, backing off to 50 ms."""
     pause = 0.001
-    while True:
+    while _let_go_of_claimed() and (deadline is None or time.monotonic() < deadline):
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
-        if not _let_go_of_claimed():
-            with _owned_lock:
-                if not _sent:  # else one was sent meanwhile: watch it too
-                    _watcher = None
-                    return
+
+
+def _watch_sent() -> None:
+    """The thread `send` starts: let go of what is claimed while anything is in flight."""
+    global _watcher
+    while True:
+        _let_go_as_claimed()
+        with _owned_lock:
+            if not _sent:  # else one was sent meanwhile: watch it too
+                _watcher = None
+                return
 
 
 def _wait_for_receivers() -> None:
     """At exit: wait until each sent segment is claimed, for `_RECEIVERS_SECONDS` at
     most, then let go of all (what nobody received is freed)."""
-    deadline = time.monotonic() + _RECEIVERS_SECONDS
-    pause = 0.001
-    while _let_go_of_claimed() and time.monotonic() < deadline:
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+    _let_go_as_claimed(time.monotonic() + _RECEIVERS_SECONDS)
     with _owned_lock:
         fds = list(_sent.values())
         _sent.clear()
@@ -409,25 +416,26 @@ def _wait_for_receivers() -> None:
         os.close(fd)
 
 
-def frozen(name: str) -> bool:
-    """Whether segment ``name``, owned here, is sealed against writing (`freeze`)."""
+def _owned_fd(name: str) -> int:
+    """This process's descriptor of segment ``name``, which it owns."""
     with _owned_lock:
         fd = _owned.get(name)
     if fd is None:
         raise _gone(name)
-    return bool(fcntl.fcntl(fd, _F_GET_SEALS) & _F_SEAL_FUTURE_WRITE)
+    return fd
+
+
+def frozen(name: str) -> bool:
+    """Whether segment ``name``, owned here, is sealed against writing (`freeze`)."""
+    return bool(fcntl.fcntl(_owned_fd(name), _F_GET_SEALS) & _F_SEAL_FUTURE_WRITE)
 
 
 def freeze(name: str) -> None:
     """Seal segment ``name`` against writing: no new writable shared mapping, ever.
 
-    Mappings that exist stay as they are.  Only the creator, while it holds it.
+    Mappings that exist stay as they are.  Only the owner, while it holds it.
     """
-    with _owned_lock:
-        fd = _owned.get(name)
-    if fd is None:
-        raise _gone(name)
-    fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_FUTURE_WRITE)
+    fcntl.fcntl(_owned_fd(name), _F_ADD_SEALS, _F_SEAL_FUTURE_WRITE)
 
 
 def holders() -> dict[str, list[int]]:

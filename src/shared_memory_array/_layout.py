@@ -388,7 +388,10 @@ def _corrupt(name: str, problem: str) -> LayoutError:
 def decode(head: bytes, size: int, name: str) -> Layout | None:
     """Read and check a segment's header; ``None`` if it has none (a raw segment).
 
-    Headers of every format up to `FORMAT_VERSION` are read.
+    Headers of every format up to `FORMAT_VERSION` are read.  The result depends
+    on ``head`` and ``size`` alone (``name`` only goes into error messages), so a
+    layout read once is remembered: segments of one shape from one creator, or
+    the same segment attached again, are not parsed again (attach is hot).
 
     Parameters
     ----------
@@ -404,6 +407,22 @@ def decode(head: bytes, size: int, name: str) -> Layout | None:
     LayoutError
         The header is corrupt, or in a format newer than this version reads.
     """
+    key = (head, size)
+    layout = _decoded.get(key)
+    if layout is None:
+        layout = _decode(head, size, name)
+        if layout is not None:
+            if len(_decoded) >= _DECODED_ENTRIES:
+                _decoded.clear()
+            _decoded[key] = layout
+    return layout
+
+
+_decoded: dict[tuple[bytes, int], Layout] = {}
+_DECODED_ENTRIES = 64
+
+
+def _decode(head: bytes, size: int, name: str) -> Layout | None:
     if len(head) < _START.size:
         return None
     magic, version = _START.unpack_from(head)

@@ -54,14 +54,10 @@ CAN_RENAME = _ON_LINUX  # see `rename`
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc_mmap = _libc.mmap
 _libc_mmap.restype = ctypes.c_void_p
-_libc_mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int64,  # off_t is 64 bits on the 64-bit platforms we support
-]
+# No argtypes: converting six arguments through them costs more than the mmap
+# call itself, so `map_fd` passes what C expects (None is NULL, a Python int a C
+# int) and the 64-bit length and offset as ctypes objects.
+_NO_OFFSET = ctypes.c_int64(0)  # off_t is 64 bits on the 64-bit platforms we support
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _renameat2 = getattr(_libc, "renameat2", None)  # glibc 2.28+; absent on macOS
 if _renameat2 is not None:
@@ -131,19 +127,10 @@ _unmappers_lock = threading.Lock()
 _prune_at = 64
 
 
-def _unmapped_when_unused(mapping: _Mapping, address: int, length: int) -> None:
-    global _prune_at, _unmappers
-    unmap = weakref.ref(mapping, functools.partial(_munmap_callback, address, length))
-    with _unmappers_lock:
-        _unmappers[address] = unmap  # any earlier one at this address is spent
-        if len(_unmappers) >= _prune_at:  # forget the spent ones now and then
-            _unmappers = {at: ref for at, ref in _unmappers.items() if ref() is not None}
-            _prune_at = max(64, 2 * len(_unmappers))
-
-
 def map_fd(fd: int, size: int, writable: bool, private: bool = False) -> Bytes:
     """Map ``fd``'s first ``size`` bytes; ``private``: writable, copy-on-write
     (``MAP_PRIVATE``), so writes stay in this mapping and never reach the segment."""
+    global _prune_at, _unmappers
     if size == 0:  # mmap rejects empty mappings; an empty array needs none
         return np.empty(0, dtype=np.uint8)
     if _MMAP_KEEPS_NO_FD:
@@ -157,12 +144,17 @@ def map_fd(fd: int, size: int, writable: bool, private: bool = False) -> Bytes:
         return np.frombuffer(region, dtype=np.uint8)
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable or private else 0)
     flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
-    address = _libc_mmap(None, size, prot, flags, fd, 0)
+    address = _libc_mmap(None, ctypes.c_size_t(size), prot, flags, fd, _NO_OFFSET)
     if address is None or address == _MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     mapping = _Mapping(address, size, not (writable or private))
-    _unmapped_when_unused(mapping, address, size)
+    unmap = weakref.ref(mapping, functools.partial(_munmap_callback, address, size))
+    with _unmappers_lock:
+        _unmappers[address] = unmap  # any earlier one at this address is spent
+        if len(_unmappers) >= _prune_at:  # forget the spent ones now and then
+            _unmappers = {at: ref for at, ref in _unmappers.items() if ref() is not None}
+            _prune_at = max(64, 2 * len(_unmappers))
     return np.asarray(mapping)
 
 
@@ -573,8 +565,8 @@ def open_existing(
     """
     fd, st = open_file(name, writable=writable and not private)
     try:
-        if trusted_only:
-            check_trusted(name, st)
+        if trusted_only and (st.st_uid != os.geteuid() or st.st_mode & 0o022):
+            check_trusted(name, st)  # raises
         size = st.st_size
         segment = map_fd(fd, size, writable, private)
         try:
@@ -584,7 +576,7 @@ def open_existing(
         except BaseException:
             segment = None  # type: ignore[assignment]  # unmapped before the exception travels
             raise
-        return segment, identity_of(st), head
+        return segment, Identity(st.st_dev, st.st_ino, size), head  # identity_of, inlined
     finally:
         os.close(fd)
 

@@ -144,7 +144,8 @@ def open_existing(
     name: str, *, writable: bool = True, trusted_only: bool = False, private: bool = False
 ) -> tuple[Bytes, Identity, bytes]:
     """See `Backend.open_existing`."""
-    return _of(name).open_existing(
+    backend = MEMFD if is_memfd(name) else NAMED  # _of(name), inlined: attach is hot
+    return backend.open_existing(
         name, writable=writable, trusted_only=trusted_only, private=private
     )
 

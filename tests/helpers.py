@@ -298,6 +298,15 @@ def twice(array: np.ndarray) -> np.ndarray:
     return array * 2
 
 
+def made_and_transferred(value: float) -> tuple[SharedMemoryArray, int]:
+    """A drop-in pool task: a large array made in shared memory, handed over with
+    `transfer()`, and the inode of the file it was made in."""
+    out = SharedMemoryArray.allocate(None, (BIG // 8,), np.float64)
+    out.as_array()[:] = value
+    inode = os.stat(os.path.join("/dev/shm", out.name)).st_ino
+    return out.transfer(), inode
+
+
 def nested_result(n: int) -> dict:
     return {"big": [np.full(BIG // 8, n), (np.arange(3), "label")], "n": n}
 

@@ -19,6 +19,7 @@ from helpers import (
     describe,
     fail,
     kill_self,
+    made_and_transferred,
     mapped_segments,
     nested_result,
     own_then_die,
@@ -164,6 +165,18 @@ def test_pool_results_in_every_form(context):
         done = pool.apply_async(twice, (data,), callback=arrived.append)
         assert (done.get(60) == 4.0).all() and done.successful()
         assert (arrived[0] == 4.0).all()
+
+
+def test_a_result_made_in_shared_memory_and_transferred_is_handed_over_without_a_copy(context):
+    with ProcessPoolExecutor(2, mp_context=context) as executor:
+        pairs = list(executor.map(made_and_transferred, [1.0, 2.0]))
+    with Pool(2, context=context) as pool:
+        pairs += pool.map(made_and_transferred, [3.0, 4.0])
+    for value, (handle, inode) in zip([1.0, 2.0, 3.0, 4.0], pairs):
+        assert handle.owner and (handle.as_array() == value).all()
+        assert os.stat(os.path.join(SHM, handle.name)).st_ino == inode  # the worker's file
+        handle.close()
+        assert not os.path.exists(os.path.join(SHM, handle.name))
 
 
 # ------------------------------------------------------------------ failures leave nothing

@@ -75,7 +75,10 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
       once yourself (`SharedMemoryArray.copy`) and pass the handle.
     - **Results own their memory.**  A result array is a plain ``numpy.ndarray``
       over shared memory whose name is already removed: its memory goes when the
-      array does.
+      array does.  The worker copies it into shared memory once; a task that
+      makes its result in shared memory itself (`SharedMemoryArray.allocate`)
+      can return ``out.transfer()`` instead, and the caller gets the owner
+      handle of that very segment, with no copy at all.
     - **Nothing is left behind.**  An argument's segment is removed as soon as no
       pending task needs it; cancelled tasks, tasks that raise, a worker killed
       (``BrokenProcessPool``) and `shutdown` all release theirs, `shutdown` also

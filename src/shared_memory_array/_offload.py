@@ -54,16 +54,27 @@ def _replace(
         return swap(value)
     if (kind is not tuple and kind is not list and kind is not dict) or id(value) in _within:
         return value
-    within = _within | {id(value)}
-    if kind is dict:
-        changed = {key: _replace(item, kinds, swap, within) for key, item in value.items()}
-        if all(changed[key] is item for key, item in value.items()):
-            return value
-        return changed
-    items = [_replace(item, kinds, swap, within) for item in value]
-    if all(new is old for new, old in zip(items, value)):
+    # One pass, items other than containers handled here: a pool's feed runs this
+    # for every task, and a recursive call per item cost four times as much.
+    within: frozenset[int] | None = None
+    new = []
+    changed = False
+    for item in value.values() if kind is dict else value:
+        item_kind = type(item)
+        if item_kind in kinds:
+            replaced = swap(item)
+        elif item_kind is tuple or item_kind is list or item_kind is dict:
+            if within is None:
+                within = _within | {id(value)}
+            replaced = _replace(item, kinds, swap, within)
+        else:
+            replaced = item
+        if replaced is not item:
+            changed = True
+        new.append(replaced)
+    if not changed:
         return value
-    return kind(items)
+    return dict(zip(value, new)) if kind is dict else kind(new)
 
 
 def _shareable(array: np.ndarray[Any, Any], min_bytes: int) -> bool:
@@ -143,15 +154,15 @@ class Arguments:
             batch.used = []
 
         def swap(array: np.ndarray[Any, Any]) -> Any:
-            if not _shareable(array, self.min_bytes):
-                return array
             known = None if batch is None else batch.arrays.get(id(array))
-            if known is not None:
+            if known is not None:  # the common case in a map: shared by an earlier item
                 assert batch is not None
                 batch.used.append(id(array))
                 with self._lock:
                     self._take(known[1].name, holds)
                 return known[1]
+            if not _shareable(array, self.min_bytes):
+                return array
             try:
                 handle = SharedMemoryArray.copy(None, array)
             except (UnsupportedDtypeError, OutOfSharedMemoryError):
@@ -191,6 +202,8 @@ class Arguments:
 
     def release(self, holds: list[str]) -> None:
         """Let go of what ``holds`` held: segments nothing else holds are removed."""
+        if not holds:
+            return
         done = []
         with self._lock:
             for name in holds:

@@ -223,7 +223,9 @@ class Pool(multiprocessing.pool.Pool):
     shared memory; tasks get copy-on-write views that they may write to without
     the caller or later tasks seeing it (the tasks of one `map` or `starmap`
     chunk share one view, as they share one unpickled copy with pickling);
-    results are plain ``numpy.ndarray`` objects that hold their memory.
+    results are plain ``numpy.ndarray`` objects that hold their memory (a task
+    that made its result in shared memory itself returns ``out.transfer()``:
+    no copy at all).
 
     `map`, `starmap`, `imap`, `imap_unordered` and their asynchronous forms copy
     each distinct array once per call, as the pool sends the tasks out: no more

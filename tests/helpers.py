@@ -349,6 +349,14 @@ def started_then_slow(array: np.ndarray, marker: str) -> float:
     return slow(array, 30)
 
 
+def wait_for_file(item: object, path: str) -> object:
+    """A task that waits until ``path`` exists (a minute at most), then returns ``item``."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return item
+
+
 def unpicklable(array: np.ndarray) -> object:
     return lambda: array.size  # a result pickle refuses
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import multiprocessing.pool
 import os
 import signal
@@ -31,6 +32,7 @@ from helpers import (
     twice,
     twice_the_same,
     unpicklable,
+    wait_for_file,
 )
 from shared_memory_array import Pool, ProcessPoolExecutor, segment_info
 
@@ -310,6 +312,49 @@ def test_a_stream_of_arrays_is_shared_only_a_few_tasks_ahead():
     assert totals == [2.0 * i * BIG / 8 for i in range(30)]
     # a chunk for each of 2 workers and one more, as pickling through the pipe would
     assert max(seen) <= 3
+
+
+def test_a_stream_of_new_arrays_waits_while_the_tasks_given_them_are_out(tmp_path):
+    release, produced = str(tmp_path / "release"), []
+
+    def stream():
+        for i in range(10):
+            produced.append(i)
+            yield big(float(i))
+
+    with Pool(2) as pool:
+        results = pool.imap(functools.partial(wait_for_file, path=release), stream())
+        time.sleep(1)  # several of the feed's polls: it must keep waiting through them
+        sent_while_blocked = len(produced)
+        open(release, "w").close()
+        got = [float(array[0]) for array in results]
+    assert got == [float(i) for i in range(10)]
+    # three out (a chunk for each of 2 workers and one more), a fourth copied and waiting
+    assert sent_while_blocked <= 4
+
+
+@pytest.mark.parametrize("same_array", [False, True], ids=["ints", "one array"])
+def test_items_that_bring_no_new_segment_go_out_without_waiting_for_results(tmp_path, same_array):
+    data, release, produced = big(1.0), str(tmp_path / "release"), []
+
+    def items():
+        for i in range(40):
+            produced.append(i)
+            yield (data, i) if same_array else i
+
+    with Pool(2) as pool:
+        results = pool.imap(functools.partial(wait_for_file, path=release), items())
+        deadline = time.monotonic() + 30
+        while len(produced) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sent_while_blocked = len(produced)  # every task waits for the release file
+        open(release, "w").close()
+        got = list(results)
+    assert sent_while_blocked == 40
+    if same_array:
+        assert [i for _, i in got] == list(range(40)) and all((a == 1.0).all() for a, _ in got)
+    else:
+        assert got == list(range(40))
 
 
 def test_results_that_cannot_be_pickled_fail_without_hanging():

@@ -392,7 +392,8 @@ def unpack(pairs: list[tuple[int, Any]]) -> list[Any]:
 
 class Ticketed:
     """A map-family task's function: called with ``(ticket, item)``, returns
-    ``(Receipt, value)``, its large arrays shipped.
+    ``(Receipt, value)``, its large arrays shipped (``(None, value)`` for an item
+    sent without a ticket).
 
     The receipt must come back whatever happens, or the call's window would stay
     short of a place (see `_pool`): an exception comes back as a `Raised` value,
@@ -410,22 +411,28 @@ class Ticketed:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Ticketed, (self.function, self.star, self.min_bytes))
 
-    def __call__(self, ticketed: tuple[int, Any]) -> tuple[Receipt, Any]:
-        number, item = ticketed
+    def __call__(self, ticketed: tuple[int | None, Any]) -> tuple[Receipt | None, Any]:
+        number, item = ticketed  # no ticket: the item holds no segment (see `_pool._Feed`)
         try:
             value = self.function(*item) if self.star else self.function(item)
         except Exception as exc:  # with its traceback, as multiprocessing sends it
             value = Raised(multiprocessing.pool.ExceptionWithTraceback(exc, exc.__traceback__))  # type: ignore[attr-defined]
         else:
             value = ship(value, self.min_bytes)
-        try:
-            ForkingPickler.dumps(value)
-        except Exception as problem:  # reported as multiprocessing reports it
-            discard(value)
-            sent = value.error if type(value) is Raised else value
-            error = multiprocessing.pool.MaybeEncodingError(problem, sent)  # type: ignore[attr-defined]
-            value = Raised(error)
-        return Receipt(number), value
+        if type(value) not in _ALWAYS_PICKLED:  # trying costs more than a small task
+            try:
+                ForkingPickler.dumps(value)
+            except Exception as problem:  # reported as multiprocessing reports it
+                discard(value)
+                sent = value.error if type(value) is Raised else value
+                error = multiprocessing.pool.MaybeEncodingError(problem, sent)  # type: ignore[attr-defined]
+                value = Raised(error)
+        return None if number is None else Receipt(number), value
+
+
+_ALWAYS_PICKLED = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, np.bool_, np.int64, np.float64}
+)
 
 
 # ---------------------------------------------------------------- the worker's side

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing.pool
+import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -14,18 +15,27 @@ from . import _keepers, _offload
 class _Feed:
     """A map-family call's items, shared as the pool's task thread takes them.
 
-    At most ``window`` items are out (shared, their results not back yet), as
-    when pickling them through the pool's pipe stalls until a worker reads it:
-    a stream of large arrays never fills shared memory.  An array is copied
-    once, and its segment goes once no later item will use it (known for a
-    list; for an iterator, once an item comes without it) and no item given it
-    is out.
+    At most ``window`` items that brought new segments are out (their results
+    not back yet), and one more may wait for room, as when pickling them through
+    the pool's pipe stalls until a worker reads it: a stream of large arrays
+    never fills shared memory.  Other items go at once, as the standard pool
+    sends them: those that only reuse segments (the same array given to every
+    task), and, with no ticket, those that hold none.  An array is copied once,
+    and its segment goes once no later item will use it (known for a list; for
+    an iterator, once an item comes without it) and no item given it is out.
     """
 
     def __init__(self, arguments: _offload.Arguments, items: Iterable[Any], window: int) -> None:
         self._arguments, self._items = arguments, items
-        self._window = threading.Semaphore(window)
+        # Counted rather than a threading.Semaphore, which costs more than the rest
+        # of an item's bookkeeping: only the feed (the pool's task thread) counts
+        # what it sends, only the pool's result thread what came back, and the
+        # feed is woken through a SimpleQueue (written in C) when it waits.
+        self._window, self._sent, self._back = window, 0, 0
+        self._waiting = False
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._out: dict[int, list[str]] = {}  # ticket: the segments its item holds
+        self._placed: set[int] = set()  # tickets of the items that took a window place
         self._batch = _offload.Batch()
         known = isinstance(items, (list, tuple))
         self._uses = _offload.uses(items, arguments.min_bytes) if known else None
@@ -36,20 +46,32 @@ class _Feed:
     def __len__(self) -> int:
         return len(self._items)  # type: ignore[arg-type]  # only a map's list is asked
 
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
+    def __iter__(self) -> Iterator[tuple[int | None, Any]]:
         for item in self._items:
-            self._wait_for_room()
             if self._closed:  # the pool stops, or the call is over: send nothing more
                 return
             holds: list[str] = []
-            try:
-                shared = self._arguments.share(item, holds, self._batch)
-            except BaseException:
-                self._window.release()
-                raise
+            known = len(self._batch.arrays)
+            shared = self._arguments.share(item, holds, self._batch)
+            fresh = len(self._batch.arrays) > known  # copied an array into a new segment
             self._let_go()
+            if not holds:
+                yield None, shared
+                continue
+            if fresh:
+                try:
+                    self._wait_for_room()
+                except BaseException:
+                    self._arguments.release(holds)
+                    raise
+                if self._closed:
+                    self._arguments.release(holds)
+                    return
+                self._sent += 1
             number = _offload.issue(self._arrived)
             self._out[number] = holds
+            if fresh:
+                self._placed.add(number)
             yield number, shared
 
     def _wait_for_room(self) -> None:
@@ -57,11 +79,20 @@ class _Feed:
         the pool stops (its task thread's state, checked by multiprocessing's own
         loop too), or the call failed (a task that could not be sent sends no
         receipt; multiprocessing reports it once every chunk is done)."""
+        if self._sent - self._back < self._window:
+            return
         task_thread = threading.current_thread()
-        while self._bounded and not self._window.acquire(timeout=_POLL_SECONDS):
-            stopped = getattr(task_thread, "_state", _RUN) != _RUN
-            if stopped or getattr(self.result, "_success", True) is False:
-                self._bounded = False
+        while self._bounded:
+            self._waiting = True  # then look again: a result may have come meanwhile
+            if self._sent - self._back < self._window:
+                break
+            try:
+                self._wake.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                stopped = getattr(task_thread, "_state", _RUN) != _RUN
+                if stopped or getattr(self.result, "_success", True) is False:
+                    self._bounded = False
+        self._waiting = False
 
     def _let_go(self) -> None:
         """Drop the batch's arrays that no later item uses."""
@@ -80,13 +111,17 @@ class _Feed:
 
     def _arrived(self, number: int) -> None:
         self._arguments.release(self._out.pop(number, []))
-        self._window.release()
+        if number in self._placed:
+            self._placed.discard(number)
+            self._back += 1
+            if self._waiting:
+                self._wake.put(None)
 
     def unbound(self) -> None:
         """Stop waiting for results: some came back without their receipts (a
         result that could not be pickled), so their window places never return."""
         self._bounded = False
-        self._window.release()  # the pool's task thread, if it waits: the only one that can
+        self._wake.put(None)  # the pool's task thread, if it waits: the only one that can
 
     def close(self) -> None:
         """The call is over: let go of what items never reported back still hold."""
@@ -101,7 +136,7 @@ class _Feed:
 
 
 _POLL_SECONDS = 0.1
-_RUN = 0  # multiprocessing.pool.RUN
+_RUN = multiprocessing.pool.RUN  # the string "RUN"
 
 
 class _Workers(list):  # type: ignore[type-arg]

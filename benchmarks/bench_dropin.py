@@ -68,6 +68,7 @@ OURS_EXECUTOR = "**ours**: `ProcessPoolExecutor(2)`"
 STDLIB_EXECUTOR = "stdlib `concurrent.futures.ProcessPoolExecutor(2)`"
 JOBLIB = "joblib `Parallel(n_jobs=2)`"
 OURS_POOL = "**ours**: `Pool(2)`"
+STDLIB_POOL = "stdlib `multiprocessing.Pool(2)`"
 NOTHING = "nothing (an int)"
 ARRAY = "the array"
 MEET_TIMEOUT = 120.0  # seconds a memory task waits for the others before failing
@@ -177,6 +178,7 @@ def _map_rows(
     ours = stack.enter_context(shared_memory_array.ProcessPoolExecutor(2, mp_context=ctx))
     stdlib = stack.enter_context(concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx))
     pool = stack.enter_context(shared_memory_array.Pool(2, context=ctx))
+    stdlib_pool = stack.enter_context(ctx.Pool(2))
     default = f"default ({math.ceil(count / 8)})"
     pickled = config.dropin_pickle_tasks
     rows = [
@@ -224,6 +226,13 @@ def _map_rows(
                 f"**{ARRAY}**",
                 count,
                 _pool_map(pool, read_one_item, items, chunksize),
+            ),
+            MapRow(
+                STDLIB_POOL,
+                label,
+                NOTHING,
+                count,
+                _pool_map(stdlib_pool, task_nothing, indices, chunksize),
             ),
         ]
     for row in rows:

@@ -94,8 +94,17 @@ def test_ctrl_c_landing_anywhere_in_share_or_allocate_leaks_nothing():
                     return sorted(os.listdir("/proc/self/fd"))
 
                 def in_finalizer(frame):  # garbage collection, not share() or close()
+                    # The clean-up of a handle the loop dropped unclosed: multiprocessing's
+                    # Finalize.__call__ and what it calls.  Outside the library's held-back
+                    # SIGINT, a Ctrl-C there leaves the segment to the resource tracker at
+                    # exit (docs/explanation.md); it failed CI once when only _release
+                    # was recognised.
                     while frame is not None:
-                        if frame.f_code.co_name == "_release":
+                        code = frame.f_code
+                        util = os.path.join("multiprocessing", "util.py")
+                        if code.co_name == "_release" or (
+                            code.co_name == "__call__" and code.co_filename.endswith(util)
+                        ):
                             return True
                         frame = frame.f_back
                     return False

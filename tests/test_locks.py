@@ -108,7 +108,9 @@ def test_lock_gives_zero_torn_reads_against_a_writer():
             array, torn, seen, reads = shared.as_array(), 0, set(), 0
             # Read until the writer has been seen at work a hundred times: on a
             # loaded machine the two take turns, and 10,000 reads saw 48 values.
-            while reads < 10_000 or len(seen) <= 100:
+            # A writer that never writes fails the test after a minute, never hangs it.
+            deadline = time.monotonic() + 60
+            while (reads < 10_000 or len(seen) <= 100) and time.monotonic() < deadline:
                 with shared.lock(shared=True):
                     snapshot = array.copy()
                 torn += snapshot.min() != snapshot.max()
@@ -118,6 +120,7 @@ def test_lock_gives_zero_torn_reads_against_a_writer():
             child.kill()
             child.join(60)
     assert torn == 0
+    assert len(seen) > 100  # the writer really was writing meanwhile
 
 
 def test_a_killed_holder_releases_its_lock_at_once():

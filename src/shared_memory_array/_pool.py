@@ -27,15 +27,16 @@ class _Feed:
 
     def __init__(self, arguments: _offload.Arguments, items: Iterable[Any], window: int) -> None:
         self._arguments, self._items = arguments, items
-        # Counted rather than a threading.Semaphore, which costs more than the rest
-        # of an item's bookkeeping: only the feed (the pool's task thread) counts
-        # what it sends, only the pool's result thread what came back, and the
-        # feed is woken through a SimpleQueue (written in C) when it waits.
-        self._window, self._sent, self._back = window, 0, 0
+        self._out: dict[int, list[str]] = {}  # ticket: the segments its item holds
+        # The window's places taken: the tickets of the items out that brought new
+        # segments, added by the feed (the pool's task thread), removed by the pool's
+        # result thread.  A set rather than a threading.Semaphore, which cost more
+        # than the rest of an item's bookkeeping; the feed, when it waits, is woken
+        # through a SimpleQueue (written in C).
+        self._window = window
+        self._placed: set[int] = set()
         self._waiting = False
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._out: dict[int, list[str]] = {}  # ticket: the segments its item holds
-        self._placed: set[int] = set()  # tickets of the items that took a window place
         self._batch = _offload.Batch()
         known = isinstance(items, (list, tuple))
         self._uses = _offload.uses(items, arguments.min_bytes) if known else None
@@ -67,7 +68,6 @@ class _Feed:
                 if self._closed:
                     self._arguments.release(holds)
                     return
-                self._sent += 1
             number = _offload.issue(self._arrived)
             self._out[number] = holds
             if fresh:
@@ -79,12 +79,12 @@ class _Feed:
         the pool stops (its task thread's state, checked by multiprocessing's own
         loop too), or the call failed (a task that could not be sent sends no
         receipt; multiprocessing reports it once every chunk is done)."""
-        if self._sent - self._back < self._window:
+        if len(self._placed) < self._window:
             return
         task_thread = threading.current_thread()
         while self._bounded:
             self._waiting = True  # then look again: a result may have come meanwhile
-            if self._sent - self._back < self._window:
+            if len(self._placed) < self._window:
                 break
             try:
                 self._wake.get(timeout=_POLL_SECONDS)
@@ -113,7 +113,6 @@ class _Feed:
         self._arguments.release(self._out.pop(number, []))
         if number in self._placed:
             self._placed.discard(number)
-            self._back += 1
             if self._waiting:
                 self._wake.put(None)
 

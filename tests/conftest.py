@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import gc
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import TextIO
 from multiprocessing import forkserver, resource_tracker
 
 import pytest
@@ -23,6 +25,33 @@ SHM = "/dev/shm"
 # (.sma_draft_<pid namespace>_<pid>_...) and raw ones tests make (test_<pid>_...);
 # also the copies Dask workers make for hosts added after publish() (sma_late_...).
 _TEST_MADE = re.compile(r"(?:sma|test|\.sma_draft_\d+)_(\d+)_")
+
+
+# A hang must fail the run, with every thread's stack, rather than stall CI until its
+# limit: pytest-timeout (120 s) cannot stop a test whose main thread is stuck in C
+# code, and nothing watches the interpreter's exit (atexit, joining threads and
+# non-daemon children).  faulthandler's watchdog is a C thread: it dumps and exits
+# whatever the main thread is doing.  (A CI run hung past 90 minutes on 3.13, 12/2026.)
+_TEST_HANG_SECONDS = 300
+_EXIT_HANG_SECONDS = 120
+_stderr: TextIO | None = None  # the terminal's: fd 2 is captured while tests run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _stderr
+    _stderr = os.fdopen(os.dup(2), "w")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    faulthandler.dump_traceback_later(_TEST_HANG_SECONDS, exit=True, file=_stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    faulthandler.dump_traceback_later(_EXIT_HANG_SECONDS, exit=True, file=_stderr)
 
 
 def _alive(pid: int) -> bool:

@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TextIO
 from multiprocessing import forkserver, resource_tracker
+from typing import TextIO
 
 import pytest
 
@@ -112,18 +112,21 @@ def _start_helpers() -> None:
     gc.freeze()
 
 
-def _dask_worker_processes_released() -> None:
-    """Wait until Dask has let go of its worker processes' pipes.
+def _dask_worker_processes_released(threads_before: set[threading.Thread]) -> None:
+    """Wait until Dask has let go of the worker processes' pipes that this test made.
 
     ``LocalCluster`` returns from closing before a nanny's worker process is fully
     released: two threads per ``distributed.process.AsyncProcess`` (one joining the
     process, one serving its message queue) hold the ``multiprocessing.Process``, and
     so its pipes, until they end, shortly after.  On a loaded machine the leak check
-    used to run first and see four pipes (two workers).
+    used to run first and see four pipes (two workers).  Only the test's own threads,
+    and 60 s in all: a worker an earlier test left hanging made every later test
+    wait a minute per thread, which stalled a CI run for good.
     """
-    for thread in threading.enumerate():
+    deadline = time.monotonic() + 60
+    for thread in set(threading.enumerate()) - threads_before:
         if thread.name.startswith("AsyncProcess "):
-            thread.join(timeout=60)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture(autouse=True)
@@ -133,8 +136,9 @@ def no_leaks() -> Iterator[None]:
         return
     segments_before = _segments()
     fds_before = _fds()
+    threads_before = set(threading.enumerate())
     yield
-    _dask_worker_processes_released()
+    _dask_worker_processes_released(threads_before)
     memfd_handovers_settled(timeout=60)
     # A killed process's segments are removed by another process, asynchronously.
     deadline = time.monotonic() + 5

@@ -139,6 +139,19 @@ def test_pickle_is_small_whatever_the_size():
         assert large_size - small_size <= 8  # the one wider integer in the shape
 
 
+def test_each_unpickling_of_a_handle_is_a_handle_of_its_own():
+    # A process parses a pickled handle's fields once (a pool's worker gets the same
+    # handle task after task): the handles it rebuilds from them stay apart.
+    with SharedMemoryArray.copy(None, np.arange(4.0)) as shared:
+        payload = pickle.dumps(shared[1:3])
+        first, second = pickle.loads(payload), pickle.loads(payload)
+        assert first is not second and not first.owner
+        first.close()
+        assert second.as_array().tolist() == [1.0, 2.0]
+        assert pickle.loads(payload).as_array().tolist() == [1.0, 2.0]
+        second.close()
+
+
 def test_named_allocation_refuses_an_existing_name():
     with SharedMemoryArray.allocate(None, 2) as first:
         with pytest.raises(SegmentExistsError, match=first.name):

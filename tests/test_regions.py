@@ -87,7 +87,7 @@ def test_advanced_indexing_is_refused(key):
 )
 def test_a_tampered_region_never_reaches_outside_the_array(region):
     with SharedMemoryArray.allocate(None, 10) as shared:
-        fields = shared.__reduce__()[1][:4]
+        fields = pickle.loads(shared.__reduce__()[1][0])[:4]  # name, shape, dtype, order
         handle = _array._rebuild(*fields, region)
         with pytest.raises(LayoutError, match="does not fit"):
             handle.as_array()

@@ -54,7 +54,8 @@ def test_bad_names_are_refused(name):
 
 
 def _tampered(shared, **changes):
-    fields = dict(zip(("name", "shape", "dtype", "fortran"), shared.__reduce__()[1]))
+    packed = shared.__reduce__()[1][0]  # the arguments of _rebuild, pickled
+    fields = dict(zip(("name", "shape", "dtype", "fortran"), pickle.loads(packed)))
     fields.update(changes)
     return pickle.loads(pickle.dumps(_Rebuild(fields)))
 

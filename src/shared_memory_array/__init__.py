@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ._array import SharedMemoryArray, _rebuild, _receive  # noqa: F401  (pickles name them here)
+from ._array import SharedMemoryArray, _rebuild, _receive, _unpack  # noqa: F401  (pickles name them here)
 from ._cache import release_cached_mappings
 from ._errors import (
     ClosedHandleError,

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import operator
 import os
+import pickle
 import weakref
 from collections.abc import Iterator
 from multiprocessing import util
@@ -82,7 +83,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     Make one with `allocate`, `allocate_like` or `copy`, which create a segment and
     return its owner, or with `attach`, which opens an existing one.  Calling the
     class directly, ``SharedMemoryArray()``, raises ``TypeError``.  A handle pickles
-    to a reference to its segment, about 130 bytes (see `__reduce__`), so passing it
+    to a reference to its segment, about 140 bytes (see `__reduce__`), so passing it
     to a worker process costs the same whatever the array's size, and the worker
     gets a zero-copy view of the same memory from `as_array`.
 
@@ -1104,7 +1105,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     # ------------------------------------------------------------------ protocols
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickle the handle by reference: about 130 bytes, whatever the array's size.
+        """Pickle the handle by reference: about 140 bytes, whatever the array's size.
 
         The pickle holds the segment's name, the shape, dtype and order, the
         region of a region handle, the read-only flag, the segment's identity (so
@@ -1137,7 +1138,9 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 readonly,
                 host or host_key(),
             )
-            reduced = self._reduced = (_rebuild, args)
+            # One bytes argument: the cheapest to pickle and unpickle, and the key
+            # under which a receiving process keeps what it rebuilt (`_unpack`).
+            reduced = self._reduced = (_unpack, (pickle.dumps(args, _PACK_PROTOCOL),))
         return reduced
 
     def _reduce_sending(self) -> tuple[Any, ...]:
@@ -1374,6 +1377,25 @@ def _rebuild(
     return SharedMemoryArray._make(_Spec(name, layout, part, identity, readonly, host), None)
 
 
+# What unpickled handles were rebuilt from, by their packed arguments: a pool's
+# worker receives the same handle with task after task.  Cleared when full.
+_unpacked: dict[bytes, _Spec] = {}
+_UNPACKED_MAX = 256
+_PACK_PROTOCOL = 4  # Python 3.4+; short opcodes for short strings
+
+
+def _unpack(packed: bytes) -> SharedMemoryArray[Any]:
+    """Unpickle a handle pickled by `SharedMemoryArray.__reduce__`: `_rebuild` with
+    the arguments ``packed`` holds, each set of them parsed once per process."""
+    spec = _unpacked.get(packed)
+    if spec is None:
+        spec = _rebuild(*pickle.loads(packed))._spec
+        if len(_unpacked) >= _UNPACKED_MAX:
+            _unpacked.clear()
+        _unpacked[packed] = spec
+    return SharedMemoryArray._make(spec, None)
+
+
 def _receive(
     name: str,
     shape: tuple[int, ...],
@@ -1400,5 +1422,5 @@ def _receive(
     return handle
 
 
-_rebuild.__module__ = _receive.__module__ = "shared_memory_array"
+_rebuild.__module__ = _unpack.__module__ = _receive.__module__ = "shared_memory_array"
 rebuild = _rebuild  # for other modules; pickles name it _rebuild

@@ -31,7 +31,8 @@ _TEST_MADE = re.compile(r"(?:sma|test|\.sma_draft_\d+)_(\d+)_")
 # limit: pytest-timeout (120 s) cannot stop a test whose main thread is stuck in C
 # code, and nothing watches the interpreter's exit (atexit, joining threads and
 # non-daemon children).  faulthandler's watchdog is a C thread: it dumps and exits
-# whatever the main thread is doing.  (A CI run hung past 90 minutes on 3.13, 12/2026.)
+# whatever the main thread is doing.  (CI's 3.13 suite once ran past its 90 minutes
+# and printed nothing: see _dask_worker_processes_released.)
 _TEST_HANG_SECONDS = 300
 _EXIT_HANG_SECONDS = 120
 _stderr: TextIO | None = None  # the terminal's: fd 2 is captured while tests run

@@ -1370,11 +1370,26 @@ def _rebuild(
     host: str | None = None,
 ) -> SharedMemoryArray[Any]:
     """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
+    spec = _spec_of(name, shape, dtype, fortran, region, identity, readonly, host)
+    return SharedMemoryArray._make(spec, None)
+
+
+def _spec_of(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any] | str,
+    fortran: bool,
+    region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
+    identity: tuple[int, ...] | None = None,
+    readonly: bool = False,
+    host: str | None = None,
+) -> _Spec:
+    """What a handle pickled with these fields is (`_rebuild`'s arguments)."""
     layout = Layout(shape, _layout.dtype_of_token(dtype), fortran, 0)
     if identity is not None:  # a tampered one matches no segment: an error at first use
         identity = Identity(*identity) if len(identity) == 3 else Identity(-1, -1, -1)
     part = None if region is None else Region(*region)
-    return SharedMemoryArray._make(_Spec(name, layout, part, identity, readonly, host), None)
+    return _Spec(name, layout, part, identity, readonly, host)
 
 
 # What unpickled handles were rebuilt from, by their packed arguments: a pool's
@@ -1389,7 +1404,7 @@ def _unpack(packed: bytes) -> SharedMemoryArray[Any]:
     the arguments ``packed`` holds, each set of them parsed once per process."""
     spec = _unpacked.get(packed)
     if spec is None:
-        spec = _rebuild(*pickle.loads(packed))._spec
+        spec = _spec_of(*pickle.loads(packed))
         if len(_unpacked) >= _UNPACKED_MAX:
             _unpacked.clear()
         _unpacked[packed] = spec

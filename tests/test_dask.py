@@ -376,7 +376,8 @@ def test_workers_started_by_each_start_method_read_the_copy(method, data):
     # and filelock (imported by Ray, which this suite loads) refuses a fork that
     # starts while another thread's is under way ("os.fork is unsafe while filelock
     # is changing descriptor ownership"): with two workers the cluster failed to
-    # start or hung in 2 of 80 runs here (filelock 4.3, Python 3.13); one: 0 of 180.
+    # start with that error once, and hung in 2 of 80 runs of this test alone here
+    # (filelock 4.3, Python 3.13); with one: 0 of 180.
     workers = 1 if method == "fork" else 2
     with (
         dask.config.set({"distributed.worker.multiprocessing-method": method}),

@@ -1359,19 +1359,10 @@ def _describe(layout: Layout) -> str:
     return f"an array of shape {layout.shape}, dtype {layout.dtype}, {order} order"
 
 
-def _rebuild(
-    name: str,
-    shape: tuple[int, ...],
-    dtype: np.dtype[Any] | str,
-    fortran: bool,
-    region: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None,
-    identity: tuple[int, ...] | None = None,
-    readonly: bool = False,
-    host: str | None = None,
-) -> SharedMemoryArray[Any]:
-    """Rebuild an unpickled handle: never an owner, and nothing is mapped until used."""
-    spec = _spec_of(name, shape, dtype, fortran, region, identity, readonly, host)
-    return SharedMemoryArray._make(spec, None)
+def _rebuild(*fields: Any) -> SharedMemoryArray[Any]:
+    """Rebuild a handle pickled by an earlier release (`_spec_of`'s arguments):
+    never an owner, and nothing is mapped until used."""
+    return SharedMemoryArray._make(_spec_of(*fields), None)
 
 
 def _spec_of(
@@ -1384,7 +1375,7 @@ def _spec_of(
     readonly: bool = False,
     host: str | None = None,
 ) -> _Spec:
-    """What a handle pickled with these fields is (`_rebuild`'s arguments)."""
+    """What a handle pickled with these fields is."""
     layout = Layout(shape, _layout.dtype_of_token(dtype), fortran, 0)
     if identity is not None:  # a tampered one matches no segment: an error at first use
         identity = Identity(*identity) if len(identity) == 3 else Identity(-1, -1, -1)

@@ -264,10 +264,30 @@ def big(fill: float = 1.0) -> np.ndarray:
     return np.full(BIG // 8, fill)
 
 
-def mapped_segments() -> list[str]:
-    """The library's segments this process maps now, once per mapping."""
-    with open("/proc/self/maps") as maps:
+def mapped_segments(pid: int | str = "self") -> list[str]:
+    """The library's named segments process ``pid`` maps now, once per mapping."""
+    with open(f"/proc/{pid}/maps") as maps:
         return [line.split(SHM + "/", 1)[1].split()[0] for line in maps if SHM + "/sma_" in line]
+
+
+def segments_mapped_here(_: object = None) -> list[str]:
+    """A task: `mapped_segments` in the worker that runs it."""
+    return mapped_segments()
+
+
+_kept_by_tasks: list[np.ndarray] = []
+
+
+def in_steps(step: str, array: np.ndarray) -> tuple[float, ...]:
+    """A task that keeps its argument after writing to its first element ("keep"),
+    writes to all of it ("scribble"), or only looks; returns the sums of its
+    argument and of every argument kept so far in this worker."""
+    if step == "keep":
+        array[0] = 5.0
+        _kept_by_tasks.append(array)
+    elif step == "scribble":
+        array[:] = -1.0
+    return (float(array.sum()), *(float(kept.sum()) for kept in _kept_by_tasks))
 
 
 def scribble(array: np.ndarray) -> tuple[float, float]:

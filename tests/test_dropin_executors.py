@@ -7,6 +7,7 @@ import functools
 import multiprocessing.pool
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from helpers import (
     big,
     describe,
     fail,
+    in_steps,
     kill_self,
     made_and_transferred,
     mapped_segments,
@@ -27,6 +29,7 @@ from helpers import (
     own_then_die_on_the_second,
     run_python,
     scribble,
+    segments_mapped_here,
     slow,
     started_then_slow,
     twice,
@@ -60,6 +63,50 @@ def test_pool_task_writes_reach_neither_the_caller_nor_the_next_task(context):
     assert results[3][0] == BIG / 8 and results[4][0] == -BIG / 8  # pickling shares within a chunk
     assert results[5] == (BIG / 8, -BIG / 8)
     assert (data == 1.0).all()
+
+
+@pytest.mark.parametrize("backend", ["named", "memfd"])
+def test_a_task_that_keeps_its_argument_and_the_tasks_after_it_see_none_of_each_others_writes(
+    context, backend, monkeypatch
+):
+    # A worker keeps an argument's mapping for the tasks after, refreshed for each:
+    # one that a task still holds is never refreshed under it.
+    if backend == "memfd" and not hasattr(os, "memfd_create"):
+        pytest.skip("memfd segments need Linux's memfd_create")
+    monkeypatch.setenv("SHARED_MEMORY_ARRAY_BACKEND", backend)
+    data = big(1.0)
+    steps = [("keep", data), ("scribble", data), ("look", data), ("look", data)]
+    with Pool(1, context=context) as pool:
+        sums = pool.starmap(in_steps, steps, chunksize=1)
+    ones = BIG / 8
+    kept = ones + 4  # what the first task wrote, and sees still
+    assert sums == [(kept, kept), (-ones, kept), (ones, kept), (ones, kept)]
+    assert (data == 1.0).all()
+
+
+def test_a_worker_keeps_an_argument_mapped_between_tasks_until_it_is_removed(context):
+    data, more = big(1.0), threading.Event()
+
+    def items():
+        yield data
+        yield data
+        more.wait(60)  # the array's segment is held until an item comes without it
+        yield None
+
+    with Pool(1, context=context) as pool:
+        try:
+            results = pool.imap(segments_mapped_here, items())
+            first, second = next(results), next(results)
+            assert len(first) == 1 and second == first  # one mapping, each task
+            (worker,) = pool._pool
+            assert mapped_segments(worker.pid) == first  # kept while the worker waits
+        finally:
+            more.set()
+        list(results)
+        deadline = time.monotonic() + 30
+        while mapped_segments(worker.pid):  # the segment is removed: the worker lets go
+            assert time.monotonic() < deadline, "a worker kept a removed segment mapped"
+            time.sleep(0.05)
 
 
 def test_one_map_copies_each_distinct_array_once(monkeypatch):

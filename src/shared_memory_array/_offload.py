@@ -229,15 +229,55 @@ class Arguments:
             handle.close()
 
 
+class _Kept(NamedTuple):
+    mapping: _segment.Refreshable
+    layout: _layout.Layout
+    identity: _segment.Identity
+
+
+# A pool worker's mappings of its tasks' arguments, by segment name (64 random
+# bits each: never the name of another segment), kept from one task to the next:
+# mapping and unmapping 80 MB cost more than a small task itself.  Kept only in
+# workers whose watch thread lets go of them once their segments are removed
+# (`start_worker`): the memory goes with the last mapping.
+_kept: dict[str, _Kept] = {}
+_keeping = False
+_LET_GO_SECONDS = 0.25  # how soon a worker lets go of the mappings of removed segments
+
+
 def _mapped_argument(argument: Argument) -> np.ndarray[Any, Any]:
-    """The task's copy of an argument: a copy-on-write mapping of its segment."""
+    """The task's copy of an argument: a copy-on-write mapping of its segment,
+    as if mapped for this task alone."""
     name = argument.name
-    segment, _, head = _segment.open_existing(name, writable=False, private=True)
-    layout = _layout.decode(head, segment.size, name)
-    if layout is None:
-        raise SegmentNotFoundError(f"segment {name!r} is not a task's argument", segment=name)
+    kept = _kept.get(name)
+    segment = None if kept is None else kept.mapping.refreshed()
+    if kept is None or segment is None:  # first time, or the last task's arrays live on
+        segment, identity, head = _segment.open_existing(name, writable=False, private=True)
+        layout = _layout.decode(head, segment.size, name)
+        if layout is None:
+            raise SegmentNotFoundError(f"segment {name!r} is not a task's argument", segment=name)
+        if _keeping:
+            _kept[name] = _Kept(_segment.Refreshable(segment), layout, identity)
+    else:
+        layout = kept.layout
     array = layout.view(segment)
     return array.view(np.memmap) if argument.memmap else array
+
+
+def _let_go_of_removed() -> None:
+    """Forget the kept mappings of segments that are gone: removed by the parent."""
+    for name, kept in list(_kept.items()):
+        if not kept.identity.same_file(_segment.identity(name)):
+            _kept.pop(name, None)
+
+
+def _forget_kept() -> None:
+    global _keeping
+    _keeping = False  # a child forked by a task has no watch thread
+    _kept.clear()
+
+
+os.register_at_fork(after_in_child=_forget_kept)
 
 
 # ---------------------------------------------------------------- results
@@ -450,24 +490,29 @@ def worker_start(initializer: object) -> Any:
 
 
 def start_worker(initializer: Callable[..., object] | None, *initargs: Any) -> None:
-    """A pool worker's initializer: leave when the parent dies, then run the user's.
+    """A pool worker's initializer: leave when the parent dies, keep the mappings
+    of arguments from task to task (see `_kept`), then run the user's.
 
     The standard pools' workers wait for their next task forever once their
     parent is killed (their siblings hold the task queue open), and so would the
     resource tracker they share, which removes the parent's segments only once
     every process using it has exited.
     """
+    global _keeping
     parent = multiprocessing.parent_process()
     if parent is not None and parent.sentinel is not None:
-        watch = threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True)
+        watch = threading.Thread(target=_watch, args=(parent.sentinel,), daemon=True)
         watch.name = "shared-memory-array-watch"
         watch.start()
+        _keeping = _segment.CAN_REFRESH
     if initializer is not None:
         initializer(*initargs)
 
 
-def _exit_with(sentinel: int) -> None:
-    multiprocessing.connection.wait([sentinel])
+def _watch(sentinel: int) -> None:
+    """Let go of the mappings of removed segments now and then; exit with the parent."""
+    while not multiprocessing.connection.wait([sentinel], _LET_GO_SECONDS):
+        _let_go_of_removed()
     os._exit(1)
 
 

@@ -158,6 +158,43 @@ def map_fd(fd: int, size: int, writable: bool, private: bool = False) -> Bytes:
     return np.asarray(mapping)
 
 
+# MADV_DONTNEED on a private file mapping drops the pages this process wrote: the
+# next access reads the file again.  That is Linux's meaning; macOS keeps them.
+CAN_REFRESH = _ON_LINUX and hasattr(mmap, "MADV_DONTNEED")
+if CAN_REFRESH:
+    _libc_madvise = _libc.madvise
+    _libc_madvise.restype = ctypes.c_int
+    _libc_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+class Refreshable:
+    """A private mapping (`map_fd` with ``private``) that task after task in one
+    process can use as if it had just been mapped (Linux: `CAN_REFRESH`).
+
+    Mapping and unmapping a large segment for each task costs more than a small
+    task itself; refreshing it costs one ``madvise``.
+    """
+
+    __slots__ = ("_address", "_holder", "_last", "_size")
+
+    def __init__(self, segment: Bytes) -> None:
+        self._holder = segment.base  # what keeps it mapped (a memoryview or a _Mapping)
+        self._address: int = segment.__array_interface__["data"][0]
+        self._size = segment.size
+        self._last = weakref.ref(segment)  # every array over the mapping holds this one
+
+    def refreshed(self) -> Bytes | None:
+        """The mapping as a new array whose every page reads the segment again,
+        whatever arrays over it wrote; None while one of those arrays is alive."""
+        if self._last() is not None:
+            return None
+        if _libc_madvise(self._address, self._size, mmap.MADV_DONTNEED) != 0:
+            return None  # e.g. locked in memory (mlockall): map it afresh instead
+        segment: Bytes = np.asarray(self._holder)
+        self._last = weakref.ref(segment)
+        return segment
+
+
 def free_bytes() -> int | None:
     """Return the bytes free in the shared memory filesystem, if it can be told."""
     try:

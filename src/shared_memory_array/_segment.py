@@ -31,12 +31,15 @@ from . import _memfd, _posix
 
 # What only named segments have: device, directory_state, free_bytes and side_file
 # (the file system that holds them), and whether this system can rename them.
+# Refreshable: a private mapping of either kind, kept from one task to the next.
 from ._memfd import is_memfd
 from ._posix import (
+    CAN_REFRESH,
     CAN_RENAME,
     SHM_DIR,
     Bytes,
     Identity,
+    Refreshable,
     device,
     directory_state,
     free_bytes,
@@ -213,6 +216,7 @@ def holders() -> dict[str, list[int]]:
 
 
 __all__ = [
+    "CAN_REFRESH",
     "CAN_RENAME",
     "ENVIRONMENT",
     "KINDS",
@@ -222,6 +226,7 @@ __all__ = [
     "Backend",
     "Bytes",
     "Identity",
+    "Refreshable",
     "choose",
     "claim",
     "create",

@@ -270,9 +270,25 @@ def mapped_segments(pid: int | str = "self") -> list[str]:
         return [line.split(SHM + "/", 1)[1].split()[0] for line in maps if SHM + "/sma_" in line]
 
 
-def segments_mapped_here(_: object = None) -> list[str]:
-    """A task: `mapped_segments` in the worker that runs it."""
+def segments_mapped_here(array: np.ndarray | None = None) -> list[str]:
+    """A task that writes to all of its argument, if any, and returns
+    `mapped_segments` in the worker that runs it."""
+    if array is not None:
+        array[:] = -1.0
     return mapped_segments()
+
+
+def written_kib(pid: int, name: str) -> list[int]:
+    """The KiB each of process ``pid``'s mappings of segment ``name`` holds of its
+    own: the pages it wrote to a private (copy-on-write) mapping."""
+    found, inside = [], False
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:  # a mapping
+                inside = f"{SHM}/{name}" in line
+            elif inside and line.startswith("Anonymous:"):
+                found.append(int(line.split()[1]))
+    return found
 
 
 _kept_by_tasks: list[np.ndarray] = []

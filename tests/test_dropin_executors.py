@@ -36,6 +36,7 @@ from helpers import (
     twice_the_same,
     unpicklable,
     wait_for_file,
+    written_kib,
 )
 from shared_memory_array import Pool, ProcessPoolExecutor, segment_info
 
@@ -95,11 +96,12 @@ def test_a_worker_keeps_an_argument_mapped_between_tasks_until_it_is_removed(con
 
     with Pool(1, context=context) as pool:
         try:
-            results = pool.imap(segments_mapped_here, items())
+            results = pool.imap(segments_mapped_here, items())  # each writes to all of it
             first, second = next(results), next(results)
             assert len(first) == 1 and second == first  # one mapping, each task
             (worker,) = pool._pool
-            assert mapped_segments(worker.pid) == first  # kept while the worker waits
+            assert mapped_segments(worker.pid) == first  # kept while the worker waits,
+            assert written_kib(worker.pid, first[0]) == [0]  # its written pages given back
         finally:
             more.set()
         list(results)

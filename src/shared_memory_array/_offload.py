@@ -264,6 +264,14 @@ def _mapped_argument(argument: Argument) -> np.ndarray[Any, Any]:
     return array.view(np.memmap) if argument.memmap else array
 
 
+def _refresh_kept(names: list[str]) -> None:
+    """Refresh the kept mappings of ``names`` that no array uses any more."""
+    for name in names:
+        kept = _kept.get(name)
+        if kept is not None:
+            kept.mapping.refresh()
+
+
 def _let_go_of_removed() -> None:
     """Forget the kept mappings of segments that are gone: removed by the parent."""
     for name, kept in list(_kept.items()):
@@ -542,7 +550,13 @@ class Call:
         result = self.function(*args, **kwargs)
         del args, kwargs  # what the task no longer holds goes before its result is copied
         shipped = ship(result, self.min_bytes)
-        if shipped is not result:  # segments made: they must not outlive a failed send
+        copied = shipped is not result
+        del result
+        if mapped:  # give back the memory of what the task wrote, unless it kept it
+            names = list(mapped)
+            mapped.clear()
+            _refresh_kept(names)
+        if copied:  # segments made: they must not outlive a failed send
             try:
                 ForkingPickler.dumps(shipped)
             except Exception:

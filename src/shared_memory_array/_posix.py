@@ -175,23 +175,33 @@ class Refreshable:
     task itself; refreshing it costs one ``madvise``.
     """
 
-    __slots__ = ("_address", "_holder", "_last", "_size")
+    __slots__ = ("_address", "_clean", "_holder", "_last", "_size")
 
     def __init__(self, segment: Bytes) -> None:
         self._holder = segment.base  # what keeps it mapped (a memoryview or a _Mapping)
         self._address: int = segment.__array_interface__["data"][0]
         self._size = segment.size
         self._last = weakref.ref(segment)  # every array over the mapping holds this one
+        self._clean = False
+
+    def refresh(self) -> bool:
+        """Discard what arrays over the mapping wrote (its memory goes back), so
+        that every page reads the segment again; False while one of them is alive."""
+        if self._clean:
+            return True
+        if self._last() is not None:
+            return False
+        if _libc_madvise(self._address, self._size, mmap.MADV_DONTNEED) != 0:
+            return False  # e.g. locked in memory (mlockall): map it afresh instead
+        self._clean = True
+        return True
 
     def refreshed(self) -> Bytes | None:
-        """The mapping as a new array whose every page reads the segment again,
-        whatever arrays over it wrote; None while one of those arrays is alive."""
-        if self._last() is not None:
+        """The mapping as a new array, `refresh`ed first; None if it cannot be."""
+        if not self.refresh():
             return None
-        if _libc_madvise(self._address, self._size, mmap.MADV_DONTNEED) != 0:
-            return None  # e.g. locked in memory (mlockall): map it afresh instead
         segment: Bytes = np.asarray(self._holder)
-        self._last = weakref.ref(segment)
+        self._last, self._clean = weakref.ref(segment), False
         return segment
 
 

@@ -256,7 +256,7 @@ def _mapped_argument(argument: Argument) -> np.ndarray[Any, Any]:
         layout = _layout.decode(head, segment.size, name)
         if layout is None:
             raise SegmentNotFoundError(f"segment {name!r} is not a task's argument", segment=name)
-        if _keeping:
+        if _keeping and segment.size:  # (an empty one has no mapping)
             _kept[name] = _Kept(_segment.Refreshable(segment), layout, identity)
     else:
         layout = kept.layout

@@ -363,6 +363,34 @@ def test_a_stream_of_arrays_is_shared_only_a_few_tasks_ahead():
     assert max(seen) <= 3
 
 
+def test_a_stream_of_arrays_in_chunks_is_shared_only_a_few_chunks_ahead():
+    seen = []
+
+    def stream():
+        for i in range(30):
+            seen.append(own_segments())
+            yield big(float(i))
+
+    with Pool(2) as pool:
+        totals = [float(array.sum()) for array in pool.imap(twice, stream(), chunksize=2)]
+    assert totals == [2.0 * i * BIG / 8 for i in range(30)]
+    # three chunks of two out (one per worker, one more), a seventh array waiting
+    assert max(seen) <= 7
+
+
+def test_a_chunk_whose_first_items_hold_no_array_releases_those_of_the_later_ones():
+    first, second = big(1.0), big(2.0)
+    items = [1, first, 2, second, second, 3, first, 4]  # chunks of 3: the ticket moves
+    with Pool(2) as pool:
+        results = pool.map(twice, items, chunksize=3)
+        unordered = list(pool.imap_unordered(twice, iter(items), chunksize=3))
+    expected = [2, 2.0, 4, 4.0, 4.0, 6, 2.0, 8]
+    got = [value if isinstance(value, int) else float(value[0]) for value in results]
+    assert got == expected
+    assert sorted(v if isinstance(v, int) else float(v[0]) for v in unordered) == sorted(expected)
+    assert own_segments() == 0
+
+
 def test_a_stream_of_new_arrays_waits_while_the_tasks_given_them_are_out(tmp_path):
     release, produced = str(tmp_path / "release"), []
 

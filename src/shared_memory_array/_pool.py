@@ -15,20 +15,26 @@ from . import _keepers, _offload
 class _Feed:
     """A map-family call's items, shared as the pool's task thread takes them.
 
-    At most ``window`` items that brought new segments are out (their results
-    not back yet), and one more may wait for room, as when pickling them through
-    the pool's pipe stalls until a worker reads it: a stream of large arrays
-    never fills shared memory.  Other items go at once, as the standard pool
-    sends them: those that only reuse segments (the same array given to every
-    task), and, with no ticket, those that hold none.  An array is copied once,
-    and its segment goes once no later item will use it (known for a list; for
-    an iterator, once an item comes without it) and no item given it is out.
+    The pool sends the items in chunks of ``chunksize``, and a chunk's results
+    come back together: one ticket per chunk holds the segments of all its items,
+    on the first item that holds any.  At most ``window`` chunks that brought new
+    segments are out (their results not back yet), and one more item may wait for
+    room, as when pickling them through the pool's pipe stalls until a worker
+    reads it: a stream of large arrays never fills shared memory.  Other items go
+    at once, as the standard pool sends them: those that only reuse segments (the
+    same array given to every task), and, with no ticket, those that hold none.
+    An array is copied once, and its segment goes once no later item will use it
+    (known for a list; for an iterator, once an item comes without it) and no
+    chunk given it is out.
     """
 
-    def __init__(self, arguments: _offload.Arguments, items: Iterable[Any], window: int) -> None:
+    def __init__(
+        self, arguments: _offload.Arguments, items: Iterable[Any], chunksize: int, window: int
+    ) -> None:
         self._arguments, self._items = arguments, items
-        self._out: dict[int, list[str]] = {}  # ticket: the segments its item holds
-        # The window's places taken: the tickets of the items out that brought new
+        self._chunksize = max(1, chunksize)
+        self._out: dict[int, list[str]] = {}  # ticket: the segments its chunk holds
+        # The window's places taken: the tickets of the chunks out that brought new
         # segments, added by the feed (the pool's task thread), removed by the pool's
         # result thread.  A set rather than a threading.Semaphore, which cost more
         # than the rest of an item's bookkeeping; the feed, when it waits, is woken
@@ -48,10 +54,15 @@ class _Feed:
         return len(self._items)  # type: ignore[arg-type]  # only a map's list is asked
 
     def __iter__(self) -> Iterator[tuple[int | None, Any]]:
-        for item in self._items:
+        number: int | None = None  # the ticket of the chunk being filled, once it has one
+        for index, item in enumerate(self._items):
             if self._closed:  # the pool stops, or the call is over: send nothing more
                 return
-            holds: list[str] = []
+            if index % self._chunksize == 0:
+                number = None
+            holds = [] if number is None else self._out.get(number)
+            if holds is None:  # the chunk's ticket was cancelled: the call is over
+                return
             known = len(self._batch.arrays)
             shared = self._arguments.share(item, holds, self._batch)
             fresh = len(self._batch.arrays) > known  # copied an array into a new segment
@@ -59,23 +70,27 @@ class _Feed:
             if not holds:
                 yield None, shared
                 continue
-            if fresh:
+            if fresh and number not in self._placed:
                 try:
                     self._wait_for_room()
                 except BaseException:
-                    self._arguments.release(holds)
+                    if number is None:  # else the chunk's ticket holds them: see close()
+                        self._arguments.release(holds)
                     raise
                 if self._closed:
-                    self._arguments.release(holds)
+                    if number is None:
+                        self._arguments.release(holds)
                     return
-            number = _offload.issue(self._arrived)
-            self._out[number] = holds
+            ticket = None  # the chunk's ticket, on an earlier item, covers this one
+            if number is None:
+                number = ticket = _offload.issue(self._arrived)
+                self._out[number] = holds
             if fresh:
                 self._placed.add(number)
-            yield number, shared
+            yield ticket, shared
 
     def _wait_for_room(self) -> None:
-        """Wait until fewer than the window's items are out, unless waiting is over:
+        """Wait until fewer than the window's chunks are out, unless waiting is over:
         the pool stops (its task thread's state, checked by multiprocessing's own
         loop too), or the call failed (a task that could not be sent sends no
         receipt; multiprocessing reports it once every chunk is done)."""
@@ -340,7 +355,7 @@ class Pool(multiprocessing.pool.Pool):
         if chunksize is None:  # multiprocessing's choice, needed here for the window
             chunksize, extra = divmod(len(items), len(self._pool) * 4)
             chunksize += 1 if extra else 0
-        feed = _Feed(self._arguments, items, self._window(chunksize))
+        feed = _Feed(self._arguments, items, chunksize, self._window())
         settled = _Settled(self._arguments, [], feed, callback, error_callback)
         settled.value = []  # what an empty call gets: multiprocessing calls back for none
         star = mapper is multiprocessing.pool.starmapstar  # type: ignore[attr-defined]
@@ -377,16 +392,17 @@ class Pool(multiprocessing.pool.Pool):
         iterable: Iterable[Any],
         chunksize: int,
     ) -> Iterator[Any]:
-        feed = _Feed(self._arguments, iterable, self._window(chunksize))
+        feed = _Feed(self._arguments, iterable, chunksize, self._window())
         ticketed = _offload.Ticketed(func, False, self._arguments.min_bytes)
         work = _offload.Call(ticketed, self._arguments.min_bytes)
         results = method(work, feed, chunksize)
         self._feeds.add(feed)
         return _Results(results, feed)
 
-    def _window(self, chunksize: int) -> int:
-        """How many items may be out at once: a chunk per worker, and one more."""
-        return max(1, chunksize) * (len(self._pool) + 1)
+    def _window(self) -> int:
+        """How many chunks with new segments may be out at once: one per worker,
+        and one more."""
+        return len(self._pool) + 1
 
     def terminate(self) -> None:
         """As ``multiprocessing.pool.Pool.terminate``; every argument's segment goes

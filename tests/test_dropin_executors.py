@@ -348,7 +348,8 @@ def own_segments() -> int:
     return sum(name.startswith(prefix) for name in os.listdir(SHM))
 
 
-def test_a_stream_of_arrays_is_shared_only_a_few_tasks_ahead():
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_a_stream_of_arrays_is_shared_only_a_few_chunks_ahead(chunksize):
     seen = []
 
     def stream():
@@ -357,25 +358,11 @@ def test_a_stream_of_arrays_is_shared_only_a_few_tasks_ahead():
             yield big(float(i))
 
     with Pool(2) as pool:
-        totals = [float(array.sum()) for array in pool.imap(twice, stream())]
+        results = pool.imap(twice, stream(), chunksize=chunksize)
+        totals = [float(array.sum()) for array in results]
     assert totals == [2.0 * i * BIG / 8 for i in range(30)]
     # a chunk for each of 2 workers and one more, as pickling through the pipe would
-    assert max(seen) <= 3
-
-
-def test_a_stream_of_arrays_in_chunks_is_shared_only_a_few_chunks_ahead():
-    seen = []
-
-    def stream():
-        for i in range(30):
-            seen.append(own_segments())
-            yield big(float(i))
-
-    with Pool(2) as pool:
-        totals = [float(array.sum()) for array in pool.imap(twice, stream(), chunksize=2)]
-    assert totals == [2.0 * i * BIG / 8 for i in range(30)]
-    # three chunks of two out (one per worker, one more), a seventh array waiting
-    assert max(seen) <= 7
+    assert max(seen) <= 3 * chunksize
 
 
 def test_a_chunk_whose_first_items_hold_no_array_releases_those_of_the_later_ones():

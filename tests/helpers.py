@@ -278,6 +278,16 @@ def segments_mapped_here(array: np.ndarray | None = None) -> list[str]:
     return mapped_segments()
 
 
+def write_then_fail_or_list(item: tuple[np.ndarray, bool]) -> list[str]:
+    """A task that writes to all of its argument, then raises if told to, else
+    returns `mapped_segments` in the worker that runs it."""
+    array, fail = item
+    array[:] = -1.0
+    if fail:
+        raise ValueError("failed on purpose")
+    return mapped_segments()
+
+
 def written_kib(pid: int, name: str) -> list[int]:
     """The KiB each of process ``pid``'s mappings of segment ``name`` holds of its
     own: the pages it wrote to a private (copy-on-write) mapping."""

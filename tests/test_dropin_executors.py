@@ -36,6 +36,7 @@ from helpers import (
     twice_the_same,
     unpicklable,
     wait_for_file,
+    write_then_fail_or_list,
     written_kib,
 )
 from shared_memory_array import Pool, ProcessPoolExecutor, segment_info
@@ -365,17 +366,38 @@ def test_a_stream_of_arrays_is_shared_only_a_few_chunks_ahead(chunksize):
     assert max(seen) <= 3 * chunksize
 
 
-def test_a_chunk_whose_first_items_hold_no_array_releases_those_of_the_later_ones():
-    first, second = big(1.0), big(2.0)
-    items = [1, first, 2, second, second, 3, first, 4]  # chunks of 3: the ticket moves
+def test_a_chunk_holds_the_arrays_of_all_its_items_until_its_results_are_back():
+    # chunks of 3: the first item of a chunk that holds an array carries its ticket,
+    # and arrays first given to later items of the chunk are held by it too
+    a, b, c, d = big(1.0), big(2.0), big(3.0), big(4.0)
+    items = [1, a, b, 3, c, d, b, 4, a]
+    expected = [2, 2.0, 4.0, 6, 6.0, 8.0, 4.0, 8, 2.0]
+
+    def got(values):
+        return [value if isinstance(value, int) else float(value[0]) for value in values]
+
     with Pool(2) as pool:
-        results = pool.map(twice, items, chunksize=3)
-        unordered = list(pool.imap_unordered(twice, iter(items), chunksize=3))
-    expected = [2, 2.0, 4, 4.0, 4.0, 6, 2.0, 8]
-    got = [value if isinstance(value, int) else float(value[0]) for value in results]
-    assert got == expected
-    assert sorted(v if isinstance(v, int) else float(v[0]) for v in unordered) == sorted(expected)
-    assert own_segments() == 0
+        assert got(pool.map(twice, items, chunksize=3)) == expected
+        assert own_segments() == 0
+        unordered = got(pool.imap_unordered(twice, iter(items), chunksize=3))
+        assert sorted(unordered) == sorted(expected)
+        assert own_segments() == 0
+
+
+def test_a_task_that_raises_leaves_its_argument_mapping_to_the_next_task():
+    data = big(1.0)
+    with Pool(1) as pool:
+        results = pool.imap(write_then_fail_or_list, [(data, True), (data, False)])
+        failed, mapped = iter_outcomes(results)
+    assert isinstance(failed, ValueError)
+    assert len(mapped) == 1  # the failed task's arrays went with it: one mapping, refreshed
+
+
+def test_a_worker_given_a_stream_of_arrays_keeps_no_mapping_of_those_removed():
+    with Pool(1) as pool:
+        stream = (big(float(i)) for i in range(30))
+        mapped = [len(names) for names in pool.imap(segments_mapped_here, stream)]
+    assert max(mapped) <= 2  # its own, and the last task's if not yet removed
 
 
 def test_a_stream_of_new_arrays_waits_while_the_tasks_given_them_are_out(tmp_path):

@@ -17,6 +17,7 @@ meanwhile, the tracker removes it (see `_keepers.start_tracker`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import multiprocessing
@@ -252,6 +253,8 @@ def _mapped_argument(argument: Argument) -> np.ndarray[Any, Any]:
     kept = _kept.get(name)
     segment = None if kept is None else kept.mapping.refreshed()
     if kept is None or segment is None:  # first time, or the last task's arrays live on
+        if kept is None and _kept:  # a new array: those of a stream go as it flows
+            _let_go_of_removed()
         segment, identity, head = _segment.open_existing(name, writable=False, private=True)
         layout = _layout.decode(head, segment.size, name)
         if layout is None:
@@ -465,6 +468,10 @@ class Ticketed:
             value = self.function(*item) if self.star else self.function(item)
         except Exception as exc:  # with its traceback, as multiprocessing sends it
             value = Raised(multiprocessing.pool.ExceptionWithTraceback(exc, exc.__traceback__))  # type: ignore[attr-defined]
+            # The wrapper holds the traceback as text.  The object would make a cycle
+            # (this frame holds the exception, its traceback this frame) that keeps
+            # the task's arrays, and so their mappings, until a garbage collection.
+            exc.__traceback__ = None
         else:
             value = ship(value, self.min_bytes)
         if type(value) not in _ALWAYS_PICKLED:  # trying costs more than a small task
@@ -520,7 +527,8 @@ def start_worker(initializer: Callable[..., object] | None, *initargs: Any) -> N
 def _watch(sentinel: int) -> None:
     """Let go of the mappings of removed segments now and then; exit with the parent."""
     while not multiprocessing.connection.wait([sentinel], _LET_GO_SECONDS):
-        _let_go_of_removed()
+        with contextlib.suppress(Exception):  # never stop watching the parent
+            _let_go_of_removed()
     os._exit(1)
 
 

@@ -229,8 +229,6 @@ def copied(address: int, size: int) -> bool | None:
         if ctypes.get_errno() in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
             _can_scan = False  # a kernel before 6.7
         return None
-    if regions == 0 and args.walk_end < address + size:
-        return None  # stopped short of the end without an error: do not trust it
     return regions > 0
 
 

@@ -270,13 +270,11 @@ def mapped_segments(pid: int | str = "self") -> list[str]:
         return [line.split(SHM + "/", 1)[1].split()[0] for line in maps if SHM + "/sma_" in line]
 
 
-def segments_mapped_here(array: np.ndarray | None = None, write: bool = True) -> list[str]:
-    """A task that writes to all of its argument, if any (else reads all of it),
-    and returns `mapped_segments` in the worker that runs it."""
-    if array is not None and write:
+def segments_mapped_here(array: np.ndarray | None = None) -> list[str]:
+    """A task that writes to all of its argument, if any, and returns
+    `mapped_segments` in the worker that runs it."""
+    if array is not None:
         array[:] = -1.0
-    elif array is not None:
-        float(array.sum())
     return mapped_segments()
 
 
@@ -290,16 +288,15 @@ def write_then_fail_or_list(item: tuple[np.ndarray, bool]) -> list[str]:
     return mapped_segments()
 
 
-def mapping_kib(pid: int, name: str, field: str = "Anonymous") -> list[int]:
-    """A field of /proc/<pid>/smaps, in KiB, for each of process ``pid``'s mappings
-    of segment ``name``: "Anonymous" is what it holds of its own (pages written
-    to a private mapping), "Rss" what is mapped in."""
+def written_kib(pid: int, name: str) -> list[int]:
+    """The KiB each of process ``pid``'s mappings of segment ``name`` holds of its
+    own: the pages it wrote to a private (copy-on-write) mapping."""
     found, inside = [], False
     with open(f"/proc/{pid}/smaps") as smaps:
         for line in smaps:
             if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:  # a mapping
                 inside = f"{SHM}/{name}" in line
-            elif inside and line.startswith(f"{field}:"):
+            elif inside and line.startswith("Anonymous:"):
                 found.append(int(line.split()[1]))
     return found
 

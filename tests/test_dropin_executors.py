@@ -6,7 +6,6 @@ import concurrent.futures
 import functools
 import multiprocessing.pool
 import os
-import re
 import signal
 import threading
 import time
@@ -25,7 +24,6 @@ from helpers import (
     kill_self,
     made_and_transferred,
     mapped_segments,
-    mapping_kib,
     nested_result,
     own_then_die,
     own_then_die_on_the_second,
@@ -39,6 +37,7 @@ from helpers import (
     unpicklable,
     wait_for_file,
     write_then_fail_or_list,
+    written_kib,
 )
 from shared_memory_array import Pool, ProcessPoolExecutor, segment_info
 
@@ -87,12 +86,7 @@ def test_a_task_that_keeps_its_argument_and_the_tasks_after_it_see_none_of_each_
     assert (data == 1.0).all()
 
 
-# PAGEMAP_SCAN tells the pages a task wrote from those it only read: Linux 6.7+.
-_KERNEL = tuple(int(part) for part in re.findall(r"\d+", os.uname().release)[:2])
-
-
-@pytest.mark.parametrize("write", [True, False], ids=["writing", "reading"])
-def test_a_worker_keeps_an_argument_mapped_between_tasks_until_it_is_removed(context, write):
+def test_a_worker_keeps_an_argument_mapped_between_tasks_until_it_is_removed(context):
     data, more = big(1.0), threading.Event()
 
     def items():
@@ -103,15 +97,12 @@ def test_a_worker_keeps_an_argument_mapped_between_tasks_until_it_is_removed(con
 
     with Pool(1, context=context) as pool:
         try:
-            task = functools.partial(segments_mapped_here, write=write)  # all of it
-            results = pool.imap(task, items())
+            results = pool.imap(segments_mapped_here, items())  # each writes to all of it
             first, second = next(results), next(results)
             assert len(first) == 1 and second == first  # one mapping, each task
             (worker,) = pool._pool
             assert mapped_segments(worker.pid) == first  # kept while the worker waits,
-            assert mapping_kib(worker.pid, first[0]) == [0]  # its written pages given back
-            if not write and _KERNEL >= (6, 7):  # and the pages only read still mapped in
-                assert mapping_kib(worker.pid, first[0], "Rss")[0] >= BIG // 1024
+            assert written_kib(worker.pid, first[0]) == [0]  # its written pages given back
         finally:
             more.set()
         list(results)

@@ -167,71 +167,6 @@ if CAN_REFRESH:
     _libc_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
-class _PageRegion(ctypes.Structure):  # struct page_region, <linux/fs.h>
-    _fields_ = [(field, ctypes.c_uint64) for field in ("start", "end", "categories")]
-
-
-class _ScanArgs(ctypes.Structure):  # struct pm_scan_arg, <linux/fs.h>
-    _fields_ = [
-        (field, ctypes.c_uint64)
-        for field in (
-            "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
-            "category_inverted", "category_mask", "category_anyof_mask", "return_mask",
-        )
-    ]  # fmt: skip
-
-
-_PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg): Linux 6.7+
-_PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED = 1 << 2, 1 << 3, 1 << 4
-_pagemap: tuple[int, int] | None = None  # this process's (pid, /proc/self/pagemap descriptor)
-_can_scan = CAN_REFRESH
-if CAN_REFRESH:
-    _libc_ioctl = _libc.ioctl
-    _libc_ioctl.restype = ctypes.c_int
-    _libc_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-
-
-def copied(address: int, size: int) -> bool | None:
-    """Whether this process holds a copy of its own of any page of a private
-    mapping's range (a page written to, now anonymous memory, even if swapped
-    out); None where the kernel cannot tell (``PAGEMAP_SCAN``: Linux 6.7+)."""
-    global _pagemap, _can_scan
-    if not _can_scan:
-        return None
-    pid = os.getpid()
-    if _pagemap is None or _pagemap[0] != pid:
-        # A descriptor opened before a fork() reads the parent's page tables.
-        if _pagemap is not None:
-            with contextlib.suppress(OSError):
-                os.close(_pagemap[1])
-        _pagemap = None
-        try:
-            _pagemap = (pid, os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
-            _can_scan = False
-            return None
-    found = _PageRegion()
-    args = _ScanArgs(
-        size=ctypes.sizeof(_ScanArgs),
-        start=address,
-        end=address + size,
-        vec=ctypes.addressof(found),
-        vec_len=1,
-        max_pages=1,  # the first is enough
-        # pages not of the file (inverted), present or swapped out
-        category_inverted=_PAGE_IS_FILE,
-        category_mask=_PAGE_IS_FILE,
-        category_anyof_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
-        return_mask=_PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,
-    )
-    regions: int = _libc_ioctl(_pagemap[1], _PAGEMAP_SCAN, ctypes.byref(args))
-    if regions < 0:
-        if ctypes.get_errno() in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
-            _can_scan = False  # a kernel before 6.7
-        return None
-    return regions > 0
-
-
 class Refreshable:
     """A private mapping (`map_fd` with ``private``) that task after task in one
     process can use as if it had just been mapped (Linux: `CAN_REFRESH`).
@@ -256,10 +191,7 @@ class Refreshable:
             return True
         if self._last() is not None:
             return False
-        # Pages only read stay mapped: a task that reads all of an 80 MB array
-        # would otherwise fault each page in again (10 ms, against 0.6 ms to scan).
-        written = copied(self._address, self._size) is not False  # None: cannot tell
-        if written and _libc_madvise(self._address, self._size, mmap.MADV_DONTNEED) != 0:
+        if _libc_madvise(self._address, self._size, mmap.MADV_DONTNEED) != 0:
             return False  # e.g. locked in memory (mlockall): map it afresh instead
         self._clean = True
         return True

@@ -279,13 +279,13 @@ def segments_mapped_here(array: np.ndarray | None = None) -> list[str]:
 
 
 def write_then_fail_or_list(item: tuple[np.ndarray, bool]) -> list[str]:
-    """A task that writes to all of its argument, then raises if told to, else
-    returns `mapped_segments` in the worker that runs it."""
+    """`segments_mapped_here` for ``(array, fail)``, which raises instead once
+    it has written to all of the array, if told to."""
     array, fail = item
-    array[:] = -1.0
+    mapped = segments_mapped_here(array)
     if fail:
         raise ValueError("failed on purpose")
-    return mapped_segments()
+    return mapped
 
 
 def written_kib(pid: int, name: str) -> list[int]:

@@ -112,6 +112,31 @@ def test_a_worker_keeps_an_argument_mapped_between_tasks_until_it_is_removed(con
             time.sleep(0.05)
 
 
+def test_a_map_chunk_gives_back_what_its_tasks_wrote_as_it_ends(monkeypatch):
+    # In this process, as a pool worker runs a chunk of `map`: the chunk's tasks
+    # share one view, and the memory they wrote goes back once the chunk is done,
+    # not only when the next task maps the argument again.
+    from shared_memory_array import _offload, _segment
+
+    if not _segment.CAN_REFRESH:
+        pytest.skip("refreshing a kept mapping needs Linux's madvise")
+    monkeypatch.setattr(_offload, "_keeping", True)
+    monkeypatch.setattr(_offload, "_kept", {})
+    arguments, holds = _offload.Arguments(0), []
+    try:
+        (argument,) = arguments.share([big(1.0)], holds)
+        chunk = tuple((_offload.Shared, None, argument) for _ in range(2))
+        task = _offload.Ticketed(scribble, False, arguments.min_bytes)
+        sums = _offload.Chunk(multiprocessing.pool.mapstar)((task, chunk))
+        assert sums == [(BIG / 8, -BIG / 8), (-BIG / 8, -BIG / 8)]
+        # Two mappings here: the one that copied the array in, and the chunk's, kept
+        # for the next chunk, with what its tasks wrote given back.
+        assert written_kib(os.getpid(), argument.name) == [0, 0]
+    finally:
+        arguments.release(holds)
+        arguments.close()
+
+
 def test_one_map_copies_each_distinct_array_once(monkeypatch):
     copies = []
     original = shared_memory_array.SharedMemoryArray.copy

@@ -35,7 +35,7 @@ from . import _cache, _inspect, _interrupts, _keepers, _layout, _segment, _write
 from ._array import SharedMemoryArray
 from ._errors import OutOfSharedMemoryError, SegmentNotFoundError, UnsupportedDtypeError
 
-_PLAIN = (np.ndarray, np.memmap)  # array types that are plain data: sent through memory
+PLAIN = (np.ndarray, np.memmap)  # array types that are plain data: sent through memory
 
 
 def _replace(
@@ -93,7 +93,7 @@ def uses(items: Iterable[Any], min_bytes: int) -> dict[int, int]:
         return array
 
     for item in items:
-        _replace(item, _PLAIN, note)
+        _replace(item, PLAIN, note)
         for key in found:
             counts[key] = counts.get(key, 0) + 1
         found.clear()
@@ -180,7 +180,7 @@ class Arguments:
             return argument
 
         try:
-            return _replace(value, _PLAIN, swap)
+            return _replace(value, PLAIN, swap)
         except BaseException:
             added = holds[before:]
             del holds[before:]
@@ -267,8 +267,11 @@ def _mapped_argument(argument: Argument) -> np.ndarray[Any, Any]:
     return array.view(np.memmap) if argument.memmap else array
 
 
-def _refresh_kept(names: list[str]) -> None:
-    """Refresh the kept mappings of ``names`` that no array uses any more."""
+def _let_go_of_views(views: dict[str, np.ndarray[Any, Any]]) -> None:
+    """A task is done with ``views``: give back the memory of what it wrote to
+    them (refresh their kept mappings), unless it kept them."""
+    names = list(views)
+    views.clear()
     for name in names:
         kept = _kept.get(name)
         if kept is not None:
@@ -408,21 +411,34 @@ def cancel(number: int) -> bool:
     return _tickets.pop(number, None) is not None
 
 
-def redeem(number: int) -> int:
-    """Unpickle a `Receipt`, in the pool's result thread: never raises."""
+def redeem(number: int, value: Any) -> Any:
+    """Unpickle a `Receipted` value, in the pool's result thread: never raises."""
     arrived = _tickets.pop(number, None)
     if arrived is not None:
         arrived(number)
-    return number
+    return value
 
 
-class Receipt(NamedTuple):
-    """What a worker sends back with a ticketed task's result."""
+class Receipted(NamedTuple):
+    """What a worker sends back for a ticketed item: its value, which redeems the
+    ticket as the parent unpickles it."""
 
     number: int
+    value: Any
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (redeem, (self.number,))
+        return (redeem, (self.number, self.value))
+
+
+class Shared:
+    """Marks a map-family item that holds segments: `_pool._Feed` sends it as
+    ``(Shared, ticket, item)``, with the ticket of its chunk on the chunk's first
+    such item (else None), and `Argument` objects in the item in place of its
+    large arrays.  Other items go as they are.
+
+    The class itself is the mark: pickled by reference, once per chunk, it costs
+    a tenth of an instance per item.
+    """
 
 
 class Raised(NamedTuple):
@@ -431,9 +447,8 @@ class Raised(NamedTuple):
     error: BaseException
 
 
-def unpack(pairs: list[tuple[int, Any]]) -> list[Any]:
-    """The values of ``(ticket, value)`` pairs; raise the first task's exception, if any."""
-    values = [value for _, value in pairs]
+def unpack(values: list[Any]) -> list[Any]:
+    """A map-family call's values; raise the first task's exception, if any."""
     for value in values:
         if type(value) is Raised:
             raise value.error
@@ -442,9 +457,10 @@ def unpack(pairs: list[tuple[int, Any]]) -> list[Any]:
 
 
 class Ticketed:
-    """A map-family task's function: called with ``(ticket, item)``, returns
-    ``(Receipt, value)``, its large arrays shipped (``(None, value)`` for an item
-    sent without a ticket).
+    """A map-family task's function, called with each item as `_pool._Feed` sends
+    it: a `Shared` item has its arguments mapped, and comes back `Receipted`
+    when it carries its chunk's ticket; other items go to the function as they
+    are.  The value's large arrays are shipped.
 
     The receipt must come back whatever happens, or the call's window would stay
     short of a place (see `_pool`): an exception comes back as a `Raised` value,
@@ -462,8 +478,15 @@ class Ticketed:
     def __reduce__(self) -> tuple[Any, ...]:
         return (Ticketed, (self.function, self.star, self.min_bytes))
 
-    def __call__(self, ticketed: tuple[int | None, Any]) -> tuple[Receipt | None, Any]:
-        number, item = ticketed  # no ticket: the item holds no segment (see `_pool._Feed`)
+    def __call__(self, item: Any) -> Any:
+        number = None
+        own: dict[str, np.ndarray[Any, Any]] | None = None  # views of an item not in a `Chunk`
+        if type(item) is tuple and len(item) == 3 and item[0] is Shared:
+            _, number, item = item
+            views = _chunk_views
+            if views is None:
+                views = own = {}
+            item = _arrive(item, views)
         try:
             value = self.function(*item) if self.star else self.function(item)
         except Exception as exc:  # with its traceback, as multiprocessing sends it
@@ -473,7 +496,11 @@ class Ticketed:
             # the task's arrays, and so their mappings, until a garbage collection.
             exc.__traceback__ = None
         else:
-            value = ship(value, self.min_bytes)
+            if type(value) not in _ALWAYS_PICKLED:
+                value = ship(value, self.min_bytes)
+        del item
+        if own:
+            _let_go_of_views(own)
         if type(value) not in _ALWAYS_PICKLED:  # trying costs more than a small task
             try:
                 ForkingPickler.dumps(value)
@@ -482,7 +509,36 @@ class Ticketed:
                 sent = value.error if type(value) is Raised else value
                 error = multiprocessing.pool.MaybeEncodingError(problem, sent)  # type: ignore[attr-defined]
                 value = Raised(error)
-        return None if number is None else Receipt(number), value
+        return value if number is None else Receipted(number, value)
+
+
+# The views of a map chunk's arguments while a `Chunk` runs in this worker: its
+# items share one view of each, as they would share one unpickled copy.
+_chunk_views: dict[str, np.ndarray[Any, Any]] | None = None
+
+
+class Chunk:
+    """A map chunk's function (``multiprocessing.pool.mapstar``) as a worker runs
+    it: its `Ticketed` items share their views, let go of when the chunk is done."""
+
+    __slots__ = ("mapper",)
+
+    def __init__(self, mapper: Callable[[Any], list[Any]]) -> None:
+        self.mapper = mapper
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Chunk, (self.mapper,))
+
+    def __call__(self, task: Any) -> list[Any]:
+        global _chunk_views
+        views: dict[str, np.ndarray[Any, Any]] = {}
+        _chunk_views = views
+        try:
+            return self.mapper(task)
+        finally:
+            _chunk_views = None
+            if views:
+                _let_go_of_views(views)
 
 
 _ALWAYS_PICKLED = frozenset(
@@ -545,25 +601,15 @@ class Call:
         return (Call, (self.function, self.min_bytes))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        mapped: dict[str, np.ndarray[Any, Any]] = {}  # one copy per argument per task
-
-        def arrive(argument: Argument) -> np.ndarray[Any, Any]:
-            array = mapped.get(argument.name)
-            if array is None:
-                array = mapped[argument.name] = _mapped_argument(argument)
-            return array
-
-        args = _replace(args, (Argument,), arrive)
-        kwargs = _replace(kwargs, (Argument,), arrive)
+        views: dict[str, np.ndarray[Any, Any]] = {}
+        args, kwargs = _arrive(args, views), _arrive(kwargs, views)
         result = self.function(*args, **kwargs)
         del args, kwargs  # what the task no longer holds goes before its result is copied
         shipped = ship(result, self.min_bytes)
         copied = shipped is not result
         del result
-        if mapped:  # give back the memory of what the task wrote, unless it kept it
-            names = list(mapped)
-            mapped.clear()
-            _refresh_kept(names)
+        if views:
+            _let_go_of_views(views)
         if copied:  # segments made: they must not outlive a failed send
             try:
                 ForkingPickler.dumps(shipped)
@@ -571,6 +617,19 @@ class Call:
                 discard(shipped)
                 raise
         return shipped
+
+
+def _arrive(value: Any, views: dict[str, np.ndarray[Any, Any]]) -> Any:
+    """``value`` with each `Argument` replaced by a view of its segment, one per
+    segment in ``views``."""
+
+    def view(argument: Argument) -> np.ndarray[Any, Any]:
+        array = views.get(argument.name)
+        if array is None:
+            array = views[argument.name] = _mapped_argument(argument)
+        return array
+
+    return _replace(value, (Argument,), view)
 
 
 def ship(value: Any, min_bytes: int) -> Any:
@@ -586,7 +645,7 @@ def ship(value: Any, min_bytes: int) -> Any:
             result = shipped[id(array)] = _ship(array)
         return result
 
-    return _replace(value, _PLAIN, swap)
+    return _replace(value, PLAIN, swap)
 
 
 def discard(value: Any) -> None:

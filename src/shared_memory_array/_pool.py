@@ -21,8 +21,9 @@ class _Feed:
     segments are out (their results not back yet), and one more item may wait for
     room, as when pickling them through the pool's pipe stalls until a worker
     reads it: a stream of large arrays never fills shared memory.  Other items go
-    at once, as the standard pool sends them: those that only reuse segments (the
-    same array given to every task), and, with no ticket, those that hold none.
+    at once: those that only reuse segments (the same array given to every
+    task), marked as items holding segments are (see `_offload.Shared`), and
+    those that hold none, as they are, as the standard pool sends them.
     An array is copied once, and its segment goes once no later item will use it
     (known for a list; for an iterator, once an item comes without it) and no
     chunk given it is out.
@@ -53,22 +54,29 @@ class _Feed:
     def __len__(self) -> int:
         return len(self._items)  # type: ignore[arg-type]  # only a map's list is asked
 
-    def __iter__(self) -> Iterator[tuple[int | None, Any]]:
+    def __iter__(self) -> Iterator[Any]:
         number: int | None = None  # the ticket of the chunk being filled, once it has one
+        batch = self._batch
         for index, item in enumerate(self._items):
             if self._closed:  # the pool stops, or the call is over: send nothing more
                 return
             if index % self._chunksize == 0:
                 number = None
+            if type(item) not in _MAY_HOLD_ARRAYS:  # an int, a string: as the stdlib sends it
+                if batch.arrays:
+                    batch.used = []
+                    self._let_go()
+                yield item
+                continue
             holds = [] if number is None else self._out.get(number)
             if holds is None:  # the chunk's ticket was cancelled: the call is over
                 return
-            known = len(self._batch.arrays)
-            shared = self._arguments.share(item, holds, self._batch)
-            fresh = len(self._batch.arrays) > known  # copied an array into a new segment
+            known = len(batch.arrays)
+            shared = self._arguments.share(item, holds, batch)
+            fresh = len(batch.arrays) > known  # copied an array into a new segment
             self._let_go()
             if not holds:
-                yield None, shared
+                yield item
                 continue
             if fresh and number not in self._placed:
                 try:
@@ -87,7 +95,7 @@ class _Feed:
                 self._out[number] = holds
             if fresh:
                 self._placed.add(number)
-            yield ticket, shared
+            yield _offload.Shared, ticket, shared
 
     def _wait_for_room(self) -> None:
         """Wait until fewer than the window's chunks are out, unless waiting is over:
@@ -150,6 +158,7 @@ class _Feed:
 
 
 _POLL_SECONDS = 0.1
+_MAY_HOLD_ARRAYS = frozenset({tuple, list, dict, *_offload.PLAIN})
 _RUN = multiprocessing.pool.RUN  # the string "RUN"
 
 
@@ -250,7 +259,7 @@ class _Results(Iterator[Any]):
 
     def _value(self, take: Callable[[], Any]) -> Any:
         try:
-            pair = take()
+            value = take()
         except StopIteration:
             self._feed.close()
             raise
@@ -259,7 +268,7 @@ class _Results(Iterator[Any]):
         except BaseException:  # came back without its receipt
             self._feed.unbound()
             raise
-        return _offload.unpack([pair])[0]
+        return _offload.unpack([value])[0]
 
 
 class Pool(multiprocessing.pool.Pool):
@@ -361,7 +370,7 @@ class Pool(multiprocessing.pool.Pool):
         star = mapper is multiprocessing.pool.starmapstar  # type: ignore[attr-defined]
         work = _offload.Ticketed(func, star, self._arguments.min_bytes)
         mapstar = multiprocessing.pool.mapstar  # type: ignore[attr-defined]
-        chunk = _offload.Call(mapstar, self._arguments.min_bytes)
+        chunk = _offload.Chunk(mapstar)
         try:
             inner = super()._map_async(  # type: ignore[misc]
                 work, feed, chunk, chunksize, settled.success, settled.failure
@@ -393,8 +402,7 @@ class Pool(multiprocessing.pool.Pool):
         chunksize: int,
     ) -> Iterator[Any]:
         feed = _Feed(self._arguments, iterable, chunksize, self._window())
-        ticketed = _offload.Ticketed(func, False, self._arguments.min_bytes)
-        work = _offload.Call(ticketed, self._arguments.min_bytes)
+        work = _offload.Ticketed(func, False, self._arguments.min_bytes)
         results = method(work, feed, chunksize)
         self._feeds.add(feed)
         return _Results(results, feed)

@@ -407,6 +407,17 @@ def unpicklable(array: np.ndarray) -> object:
     return lambda: array.size  # a result pickle refuses
 
 
+class Counter:
+    """A task function with state: how many times this copy of it was called."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, _item: object) -> int:
+        self.calls += 1
+        return self.calls
+
+
 def add_one_to_first(first: np.ndarray, second: np.ndarray) -> tuple[bool, float]:
     first += 1
     return first is second, float(second[0])

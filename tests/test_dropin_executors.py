@@ -16,6 +16,7 @@ import pytest
 import shared_memory_array
 from helpers import (
     BIG,
+    Counter,
     add_one_to_first,
     big,
     describe,
@@ -566,6 +567,20 @@ def test_an_array_given_twice_is_one_array_in_the_task_and_in_the_result():
     with Pool(1) as pool:
         assert pool.apply(add_one_to_first, (data, data)) == (True, 2.0)
     assert (data == 1.0).all()
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_each_chunk_gets_its_own_copy_of_a_task_function_with_state(context, chunksize):
+    # A map's function goes to the workers once per worker when it is pickled by
+    # name, and with each chunk, as with the standard pool, when it has state.
+    items = [1, 2, 3, 4]
+    with context.Pool(1) as standard, Pool(1, context=context) as pool:
+        expected = standard.map(Counter(), items, chunksize)
+        assert pool.map(Counter(), items, chunksize) == expected
+        assert pool.map(functools.partial(Counter.__call__, Counter()), items, chunksize) == expected
+        assert pool.map(abs, [-1, 2], chunksize) == [1, 2]  # a builtin, by name
+        assert list(pool.imap(Counter(), items, chunksize)) == expected
+    assert expected == ([1, 1, 1, 1] if chunksize == 1 else [1, 2, 1, 2])
 
 
 def test_odd_arguments_and_errors_travel_as_with_the_standard_pools():

@@ -24,7 +24,9 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
 import os
+import pickle
 import threading
+import types
 from collections.abc import Callable, Collection, Iterable
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, NamedTuple
@@ -159,8 +161,9 @@ class Arguments:
             if known is not None:  # the common case in a map: shared by an earlier item
                 assert batch is not None
                 batch.used.append(id(array))
-                with self._lock:
-                    self._take(known[1].name, holds)
+                if known[1].name not in holds:  # else held already: by the item's chunk
+                    with self._lock:
+                        self._take(known[1].name, holds)
                 return known[1]
             if not _shareable(array, self.min_bytes):
                 return array
@@ -468,15 +471,18 @@ class Ticketed:
     whole chunk's result.
     """
 
-    __slots__ = ("function", "min_bytes", "star")
+    __slots__ = ("_reduced", "function", "min_bytes", "star")
 
     def __init__(self, function: Callable[..., Any], star: bool, min_bytes: int) -> None:
         self.function = function
         self.star = star
         self.min_bytes = min_bytes
+        self._reduced: tuple[Any, ...] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Ticketed, (self.function, self.star, self.min_bytes))
+        if self._reduced is None:
+            self._reduced = _once(Ticketed, (self.function, self.star, self.min_bytes))
+        return self._reduced
 
     def __call__(self, item: Any) -> Any:
         number = None
@@ -521,13 +527,16 @@ class Chunk:
     """A map chunk's function (``multiprocessing.pool.mapstar``) as a worker runs
     it: its `Ticketed` items share their views, let go of when the chunk is done."""
 
-    __slots__ = ("mapper",)
+    __slots__ = ("_reduced", "mapper")
 
     def __init__(self, mapper: Callable[[Any], list[Any]]) -> None:
         self.mapper = mapper
+        self._reduced: tuple[Any, ...] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Chunk, (self.mapper,))
+        if self._reduced is None:
+            self._reduced = _once(Chunk, (self.mapper,))
+        return self._reduced
 
     def __call__(self, task: Any) -> list[Any]:
         global _chunk_views
@@ -539,6 +548,45 @@ class Chunk:
             _chunk_views = None
             if views:
                 _let_go_of_views(views)
+
+
+# What `_once` pickled, unpickled here, by its bytes: a pool sends a map call's
+# `Ticketed` function and its `Chunk` with each of its chunks, and finding a
+# function by name as a pickle is loaded costs microseconds, more than a small
+# task.  Cleared when full.
+_loaded: dict[bytes, Any] = {}
+_LOADED_MAX = 64
+
+
+def _load(blob: bytes) -> Any:
+    """Unpickle what `_once` pickled, once per process for each ``blob``."""
+    value = _loaded.get(blob)
+    if value is None:
+        kind, args = pickle.loads(blob)
+        value = kind(*args)
+        if len(_loaded) >= _LOADED_MAX:
+            _loaded.clear()
+        _loaded[blob] = value
+    return value
+
+
+def _once(kind: type, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A reduction of ``kind(*args)``, with a function first in ``args``, pickled
+    once here and loaded once in each process (`_load`) when that function is
+    pickled by name; else the plain one.
+
+    An object pickled by value (a bound method, a ``functools.partial``) may be
+    changed by the tasks given it: each gets a fresh copy, as with the standard
+    pools.
+    """
+    function = args[0]
+    by_name = type(function) is types.FunctionType or isinstance(function, type)
+    if type(function) is types.BuiltinFunctionType:
+        by_name = isinstance(function.__self__, types.ModuleType)  # not [].append, say
+    if by_name:
+        with contextlib.suppress(Exception):  # e.g. a lambda: fails as the pools report it
+            return (_load, (pickle.dumps((kind, args)),))
+    return (kind, args)
 
 
 _ALWAYS_PICKLED = frozenset(

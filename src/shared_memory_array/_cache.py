@@ -108,8 +108,6 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
     # A pickled handle naming a segment mapped here is served that mapping: it
     # is the very segment, unlinked or not.
     served = hit is not None and hit.identity.same_mapping(identity)
-    if served and len(_entries) == 1:
-        return hit  # nothing else is cached: the common case of a pool worker
     if _entries:
         state = _segment.directory_state()
         changed = state is None or state != _checked_state  # something was made or unlinked
@@ -160,6 +158,11 @@ def attach(
     """
     key = (name, readonly)
     if _entries:  # else nothing to serve or check: a process's first attach, say
+        hit = _entries.get(key)
+        # A pool worker's every task: one segment mapped, named by the pickle
+        # (see `_lookup`).  Two reads of a dict: no lock needed.
+        if hit is not None and len(_entries) == 1 and hit.identity.same_mapping(identity):
+            return hit
         with _lock:
             hit = _lookup(key, identity)
         if hit is not None:

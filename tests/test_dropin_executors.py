@@ -580,6 +580,10 @@ def test_each_chunk_gets_its_own_copy_of_a_task_function_with_state(context, chu
         assert pool.map(functools.partial(Counter.__call__, Counter()), items, chunksize) == expected
         assert pool.map(abs, [-1, 2], chunksize) == [1, 2]  # a builtin, by name
         assert list(pool.imap(Counter(), items, chunksize)) == expected
+        with pytest.raises(Exception) as refused:  # pickled by name, but not found by it
+            standard.map(lambda x: x, items, chunksize)
+        with pytest.raises(type(refused.value)):
+            pool.map(lambda x: x, items, chunksize)
     assert expected == ([1, 1, 1, 1] if chunksize == 1 else [1, 2, 1, 2])
 
 

@@ -6,6 +6,7 @@ import concurrent.futures
 import functools
 import multiprocessing.pool
 import os
+import pickle
 import signal
 import threading
 import time
@@ -577,10 +578,12 @@ def test_each_chunk_gets_its_own_copy_of_a_task_function_with_state(context, chu
     with context.Pool(1) as standard, Pool(1, context=context) as pool:
         expected = standard.map(Counter(), items, chunksize)
         assert pool.map(Counter(), items, chunksize) == expected
-        assert pool.map(functools.partial(Counter.__call__, Counter()), items, chunksize) == expected
+        partial = functools.partial(Counter.__call__, Counter())
+        assert pool.map(partial, items, chunksize) == expected
         assert pool.map(abs, [-1, 2], chunksize) == [1, 2]  # a builtin, by name
         assert list(pool.imap(Counter(), items, chunksize)) == expected
-        with pytest.raises(Exception) as refused:  # pickled by name, but not found by it
+        # A local function: pickled by name, but not found by it.
+        with pytest.raises((pickle.PicklingError, AttributeError)) as refused:
             standard.map(lambda x: x, items, chunksize)
         with pytest.raises(type(refused.value)):
             pool.map(lambda x: x, items, chunksize)

@@ -439,8 +439,8 @@ class Shared:
     such item (else None), and `Argument` objects in the item in place of its
     large arrays.  Other items go as they are.
 
-    The class itself is the mark: pickled by reference, once per chunk, it costs
-    a tenth of an instance per item.
+    The class itself is the mark: a pickle names it once per chunk, which costs a
+    tenth of what pickling an instance for each item did.
     """
 
 

@@ -418,6 +418,11 @@ class Counter:
         return self.calls
 
 
+def worker_pid(_item: object) -> int:
+    """A task that returns the pid of the worker that runs it."""
+    return os.getpid()
+
+
 def add_one_to_first(first: np.ndarray, second: np.ndarray) -> tuple[bool, float]:
     first += 1
     return first is second, float(second[0])

@@ -38,6 +38,7 @@ from helpers import (
     twice_the_same,
     unpicklable,
     wait_for_file,
+    worker_pid,
     write_then_fail_or_list,
     written_kib,
 )
@@ -552,6 +553,20 @@ def test_terminate_ends_the_task_thread_before_it_kills_the_workers():
 def test_a_task_that_cannot_be_sent_fails_the_map_at_once():
     with Pool(2) as pool, pytest.raises(Exception, match=r"pickle|local object"):
         pool.map(lambda value: value, range(100))
+
+
+def test_the_pool_replaces_workers_that_exit_and_a_closed_pool_finishes_its_calls(context):
+    # Our Pool's worker thread wakes for workers' exits and the pool's own
+    # notices only, not for every result waiting to be read, as the standard one does.
+    pool = Pool(2, context=context, maxtasksperchild=1)  # each worker exits after a task
+    try:
+        assert len(set(pool.map(worker_pid, range(6), chunksize=1))) == 6
+        pending = pool.map_async(twice, [big(1.0)] * 4, chunksize=1)
+        pool.close()
+        pool.join()  # returns once the call is done: its results are in
+        assert [float(result[0]) for result in pending.get(0)] == [2.0] * 4
+    finally:
+        pool.terminate()
 
 
 def test_empty_calls_return_empty_lists():

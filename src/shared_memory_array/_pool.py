@@ -440,6 +440,16 @@ class Pool(multiprocessing.pool.Pool):
             if inqueue._reader.poll(_POLL_SECONDS):
                 inqueue._reader.recv_bytes()
 
+    def _get_sentinels(self) -> list[Any]:
+        # What multiprocessing's worker handler thread waits on, besides the workers'
+        # exits: there, the result pipe too, so that the thread wakes, polls every
+        # worker's exit status and waits again, over and over, while any result is
+        # waiting to be read: 9-13 us of the caller's CPU per task here with the
+        # standard pool (chunksize 1), and 25 with large arrays.  Everything that
+        # thread acts on besides exits comes through the notifier: close(),
+        # terminate() and the last result of the last call (CPython 3.9 to 3.13).
+        return [self._change_notifier._reader]  # type: ignore[attr-defined]
+
     def _repopulate_pool(self) -> None:
         # multiprocessing starts every worker here (and in a static twin its worker
         # thread calls with this list): give it one that keeps their pids.

@@ -22,8 +22,8 @@ class _Feed:
     room, as when pickling them through the pool's pipe stalls until a worker
     reads it: a stream of large arrays never fills shared memory.  Other items go
     at once: those that only reuse segments (the same array given to every
-    task), marked as items holding segments are (see `_offload.Shared`), and
-    those that hold none, as they are, as the standard pool sends them.
+    task), and those that hold none.  Items that hold segments go marked (see
+    `_offload.Shared`); the others go as they are, as the standard pool sends them.
     An array is copied once, and its segment goes once no later item will use it
     (known for a list; for an iterator, once an item comes without it) and no
     chunk given it is out.
@@ -441,13 +441,13 @@ class Pool(multiprocessing.pool.Pool):
                 inqueue._reader.recv_bytes()
 
     def _get_sentinels(self) -> list[Any]:
-        # What multiprocessing's worker handler thread waits on, besides the workers'
-        # exits: there, the result pipe too, so that the thread wakes, polls every
-        # worker's exit status and waits again, over and over, while any result is
-        # waiting to be read: 9-13 us of the caller's CPU per task here with the
-        # standard pool (chunksize 1), and 25 with large arrays.  Everything that
-        # thread acts on besides exits comes through the notifier: close(),
-        # terminate() and the last result of the last call (CPython 3.9 to 3.13).
+        # What multiprocessing's worker handler thread waits on besides the workers'
+        # exits.  Its own list has the result pipe too: while any result waits to be
+        # read, the thread wakes, polls every worker's exit status and waits again,
+        # over and over: 9-14 us of the caller's CPU per task here with the standard
+        # pool (chunksize 1), 25 with large arrays.  All else that the thread acts
+        # on comes through this notifier: close(), terminate(), and the pool's
+        # last call completing (CPython 3.9 to 3.13).
         return [self._change_notifier._reader]  # type: ignore[attr-defined]
 
     def _repopulate_pool(self) -> None:

@@ -140,6 +140,19 @@ def test_a_map_chunk_gives_back_what_its_tasks_wrote_as_it_ends(monkeypatch):
         arguments.close()
 
 
+def test_an_item_whose_segment_is_gone_fails_alone_and_returns_its_ticket():
+    # In this process, as a pool worker runs it: the error comes back as the item's
+    # value, with the receipt that lets the pool count its chunk as back.
+    from shared_memory_array import _offload
+
+    gone = _offload.Argument("sma_1_0123456789abcdef", False)
+    task = _offload.Ticketed(len, False, 0)
+    back = task((_offload.Shared, 7, (gone,)))
+    assert type(back) is _offload.Receipted and back.number == 7
+    assert type(back.value) is _offload.Raised
+    assert isinstance(back.value.error.exc, shared_memory_array.SegmentNotFoundError)
+
+
 def test_one_map_copies_each_distinct_array_once(monkeypatch):
     copies = []
     original = shared_memory_array.SharedMemoryArray.copy
@@ -558,9 +571,10 @@ def test_a_task_that_cannot_be_sent_fails_the_map_at_once():
 def test_the_pool_replaces_workers_that_exit_and_a_closed_pool_finishes_its_calls(context):
     # Our Pool's worker thread wakes for workers' exits and the pool's own
     # notices only, not for every result waiting to be read, as the standard one does.
-    pool = Pool(2, context=context, maxtasksperchild=1)  # each worker exits after a task
-    try:
+    with Pool(2, context=context, maxtasksperchild=1) as pool:  # each exits after a task
         assert len(set(pool.map(worker_pid, range(6), chunksize=1))) == 6
+    pool = Pool(2, context=context)
+    try:
         pending = pool.map_async(twice, [big(1.0)] * 4, chunksize=1)
         pool.close()
         pool.join()  # returns once the call is done: its results are in

@@ -403,7 +403,8 @@ _ticket_numbers = itertools.count()
 
 
 def issue(arrived: Callable[[int], None]) -> int:
-    """A ticket for one task: ``arrived(number)`` runs when its `Receipt` is unpickled here."""
+    """A ticket for one chunk: ``arrived(number)`` runs when its `Receipted` value is
+    unpickled here."""
     number = next(_ticket_numbers)
     _tickets[number] = arrived
     return number
@@ -487,23 +488,22 @@ class Ticketed:
     def __call__(self, item: Any) -> Any:
         number = None
         own: dict[str, np.ndarray[Any, Any]] | None = None  # views of an item not in a `Chunk`
-        if type(item) is tuple and len(item) == 3 and item[0] is Shared:
-            _, number, item = item
-            views = _chunk_views
-            if views is None:
-                views = own = {}
-            item = _arrive(item, views)
         try:
+            if type(item) is tuple and len(item) == 3 and item[0] is Shared:
+                _, number, item = item
+                views = _chunk_views
+                if views is None:
+                    views = own = {}
+                item = _arrive(item, views)  # a segment gone: the item's error, receipted
             value = self.function(*item) if self.star else self.function(item)
+            if type(value) not in _ALWAYS_PICKLED:
+                value = ship(value, self.min_bytes)
         except Exception as exc:  # with its traceback, as multiprocessing sends it
             value = Raised(multiprocessing.pool.ExceptionWithTraceback(exc, exc.__traceback__))  # type: ignore[attr-defined]
             # The wrapper holds the traceback as text.  The object would make a cycle
             # (this frame holds the exception, its traceback this frame) that keeps
             # the task's arrays, and so their mappings, until a garbage collection.
             exc.__traceback__ = None
-        else:
-            if type(value) not in _ALWAYS_PICKLED:
-                value = ship(value, self.min_bytes)
         del item
         if own:
             _let_go_of_views(own)

@@ -423,6 +423,13 @@ def worker_pid(_item: object) -> int:
     return os.getpid()
 
 
+def loaded_here(_item: object) -> int:
+    """A task that returns how many pickled-once objects its worker has loaded."""
+    from shared_memory_array import _offload
+
+    return len(_offload._loaded)
+
+
 def add_one_to_first(first: np.ndarray, second: np.ndarray) -> tuple[bool, float]:
     first += 1
     return first is second, float(second[0])

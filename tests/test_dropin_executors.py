@@ -24,6 +24,7 @@ from helpers import (
     fail,
     in_steps,
     kill_self,
+    loaded_here,
     made_and_transferred,
     mapped_segments,
     nested_result,
@@ -617,6 +618,9 @@ def test_each_chunk_gets_its_own_copy_of_a_task_function_with_state(context, chu
         with pytest.raises(type(refused.value)):
             pool.map(lambda x: x, items, chunksize)
     assert expected == ([1, 1, 1, 1] if chunksize == 1 else [1, 2, 1, 2])
+    with Pool(1, context=context) as fresh:
+        # By name: the chunk's wrapper and the task function, each loaded once.
+        assert set(fresh.map(loaded_here, items, chunksize)) == {2}
 
 
 def test_odd_arguments_and_errors_travel_as_with_the_standard_pools():

@@ -570,6 +570,14 @@ def _load(blob: bytes) -> Any:
     return value
 
 
+def _pickled_by_name(function: object) -> bool:
+    """Whether pickle sends ``function`` as a reference to its name: a function, a
+    class, or a module's builtin (not a builtin bound to an object: ``[].append``)."""
+    if type(function) is types.BuiltinFunctionType:
+        return isinstance(function.__self__, types.ModuleType)
+    return type(function) is types.FunctionType or isinstance(function, type)
+
+
 def _once(kind: type, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """A reduction of ``kind(*args)``, with a function first in ``args``, pickled
     once here and loaded once in each process (`_load`) when that function is
@@ -579,11 +587,7 @@ def _once(kind: type, args: tuple[Any, ...]) -> tuple[Any, ...]:
     changed by the tasks given it: each gets a fresh copy, as with the standard
     pools.
     """
-    function = args[0]
-    by_name = type(function) is types.FunctionType or isinstance(function, type)
-    if type(function) is types.BuiltinFunctionType:
-        by_name = isinstance(function.__self__, types.ModuleType)  # not [].append, say
-    if by_name:
+    if _pickled_by_name(args[0]):
         with contextlib.suppress(Exception):  # e.g. a lambda: fails as the pools report it
             return (_load, (pickle.dumps((kind, args)),))
     return (kind, args)

@@ -131,6 +131,29 @@ def test_many_cached_segments_keep_a_warm_attach_cheap():
             owner.close()
 
 
+def test_a_pool_workers_repeated_attach_checks_the_other_segments_only_now_and_then():
+    """A pickled handle's attach between checks makes no system call (issue 13)."""
+    from unittest import mock
+
+    with (
+        SharedMemoryArray.allocate(None, 1) as first,
+        SharedMemoryArray.allocate(None, 1) as second,
+        mock.patch.object(_cache, "CHECK_SECONDS", 3600.0),
+    ):
+        payload = pickle.dumps(first)
+        SharedMemoryArray.attach(second.name).close()  # a check: both still there
+        with (
+            mock.patch.object(_cache._segment, "directory_state", side_effect=AssertionError),
+            mock.patch.object(_cache._segment, "identity", side_effect=AssertionError),
+        ):
+            for _ in range(3):
+                assert pickle.loads(payload).as_array().tolist() == [0.0]
+        # an attach by name checks them all, whenever it comes
+        with mock.patch.object(_cache._segment, "directory_state", return_value=None) as state:
+            SharedMemoryArray.attach(second.name).close()
+        assert state.called
+
+
 def test_a_pickled_handle_is_served_its_mapping_even_after_unlink_then_it_goes():
     import time
 

@@ -5,18 +5,20 @@ costs system calls (shm_open, fstat, mmap, later munmap) and a header parse.  Th
 cache keeps one mapping per segment instead, with its parsed layout, under three
 rules:
 
-- Never stale, never pinning memory for long.  Every attach checks that each
+- Never stale, never pinning memory for long.  An attach checks that each
   cached segment's name still leads to the same segment (device, inode, size) and
-  drops the mappings of segments unlinked or replaced, so they go no later than the
-  next attach in this process.  The check costs one ``stat`` of ``/dev/shm`` when
-  nothing there changed since the last one (its modification time and size change
-  with every segment made or unlinked), and a ``stat`` per cached segment when
-  something did.  A memfd segment, of which ``/dev/shm`` knows nothing, costs a
-  ``stat`` of its ``/proc`` entry, once every `MEMFD_CHECK_SECONDS` at most (at
-  every attach, it cost a pool worker using two arrays a third more per task),
-  and at every attach by its name alone.  A pickled handle also carries its
-  segment's identity, so it is never given a mapping of another segment that
-  took the name.  An owner's unlink drops its entry at once, and so does an
+  drops the mappings of segments unlinked or replaced.  The check costs one
+  ``stat`` of ``/dev/shm`` when nothing there changed since the last one (its
+  modification time and size change with every segment made or unlinked), and a
+  ``stat`` per cached segment when something did.  A memfd segment, of which
+  ``/dev/shm`` knows nothing, costs a ``stat`` of its ``/proc`` entry.  A pickled
+  handle carries its segment's identity, so it is never given a mapping of
+  another segment that took the name, and is served the mapping of its own
+  segment even once unlinked; such an attach, a pool worker's every task, checks
+  the other cached segments once every `CHECK_SECONDS` at most (checked at every
+  task, a worker with two segments cached took 7 µs to unpickle and use a handle,
+  against 4 µs).  Every other attach checks them all: an attach by name, or of a
+  segment not mapped here.  An owner's unlink drops its entry at once, and so does an
   explicit close of the last live handle of this process on a segment
   (`let_go`); handles merely garbage collected, as a pool task's are, leave it
   for the next task.  `release_cached_mappings` drops
@@ -42,7 +44,7 @@ from ._layout import Layout
 from ._segment import Bytes, Identity
 
 MAX_ENTRIES = 32
-MEMFD_CHECK_SECONDS = 0.05
+CHECK_SECONDS = 0.05
 
 
 def add_user(users: list[weakref.ref[Any]], handle: object) -> None:
@@ -77,6 +79,7 @@ _lock = threading.RLock()
 _entries: OrderedDict[tuple[str, bool], Mapped] = OrderedDict()  # (name, read-only)
 _checked_state: object = None  # /dev/shm's state when every entry was last checked
 _memfd_checked = 0.0  # when the memfd entries were last checked (time.monotonic)
+_checked = 0.0  # when `_lookup` last checked the entries (time.monotonic)
 
 
 def _reset_lock() -> None:
@@ -103,7 +106,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
     attach holds a mapping: an exception's traceback keeps its frames' locals alive,
     and Dask keeps an erred task's traceback (issue 10).
     """
-    global _checked_state, _memfd_checked
+    global _checked_state, _memfd_checked, _checked
     hit = _entries.get(key)
     # A pickled handle naming a segment mapped here is served that mapping: it
     # is the very segment, unlinked or not.
@@ -112,7 +115,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
         state = _segment.directory_state()
         changed = state is None or state != _checked_state  # something was made or unlinked
         now = time.monotonic()
-        memfd_due = changed or now - _memfd_checked >= MEMFD_CHECK_SECONDS
+        memfd_due = changed or now - _memfd_checked >= CHECK_SECONDS
         # An attach by name alone must not be given a memfd its owner has closed.
         by_name = identity is None and _segment.is_memfd(key[0])
         complete = True
@@ -132,6 +135,7 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
             _memfd_checked = now
         if changed:
             _checked_state = state if complete else None
+        _checked = now if complete else 0.0  # a gone entry kept to serve: check again next time
     hit = _entries.get(key)
     if hit is not None and (identity is None or hit.identity.same_mapping(identity)):
         _entries.move_to_end(key)
@@ -159,10 +163,16 @@ def attach(
     key = (name, readonly)
     if _entries:  # else nothing to serve or check: a process's first attach, say
         hit = _entries.get(key)
-        # A pool worker's every task: one segment mapped, named by the pickle
-        # (see `_lookup`).  Two reads of a dict: no lock needed.
-        if hit is not None and len(_entries) == 1 and hit.identity.same_mapping(identity):
-            return hit
+        # A pool worker's every task: a segment mapped here, named by the pickle, is
+        # served (see `_lookup`); the others are checked now and then.
+        if hit is not None and hit.identity.same_mapping(identity):
+            if len(_entries) == 1:  # two reads of a dict: no lock needed
+                return hit
+            if time.monotonic() - _checked < CHECK_SECONDS:
+                with _lock:
+                    if key in _entries:
+                        _entries.move_to_end(key)
+                return hit
         with _lock:
             hit = _lookup(key, identity)
         if hit is not None:
@@ -251,10 +261,12 @@ def release_cached_mappings() -> int:
     mapping.  A read-only and a writable mapping of one segment count as two.
     A mapping leaves the cache when its segment is unlinked by its owner here,
     or when an explicit `SharedMemoryArray.close` closes the last handle of this
-    process using it; mappings of segments unlinked elsewhere are dropped at
-    this process's next attach.  Handles that are garbage collected rather than
-    closed leave their mapping cached.  Call this function to drop them all
-    now, for example in a long-running process after a manager has shut down.
+    process using it; mappings of segments unlinked elsewhere are dropped by
+    this process's next attach (the first use of a pickled handle whose
+    segment is mapped here already checks at most every 50 ms).  Handles that
+    are garbage collected rather than closed leave their mapping cached.  Call
+    this function to drop them all now, for example in a long-running process
+    after a manager has shut down.
 
     Arrays and open handles still using a mapping keep it until they are gone;
     what this releases is the memory of segments nothing here uses any more.

@@ -154,6 +154,26 @@ def test_a_pool_workers_repeated_attach_checks_the_other_segments_only_now_and_t
         assert state.called
 
 
+def test_copies_of_one_pickle_start_from_what_the_first_found_and_refuse_a_new_segment():
+    from shared_memory_array import SegmentNotFoundError
+
+    owner = SharedMemoryArray.copy(None, np.arange(6.0))
+    name, payload = owner.name, pickle.dumps(owner)
+    first = pickle.loads(payload)
+    assert first.as_array().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    second = pickle.loads(payload)
+    assert second._spec is first._spec  # checked against the header once (issue 13)
+    assert second.as_array().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    owner.close()
+    with (
+        SharedMemoryArray.copy(None, np.ones(3), name=name),
+        pytest.raises(SegmentNotFoundError, match="unlinked"),
+    ):
+        pickle.loads(payload).as_array()
+    first.close()
+    second.close()
+
+
 def test_a_pickled_handle_is_served_its_mapping_even_after_unlink_then_it_goes():
     import time
 

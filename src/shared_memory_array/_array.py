@@ -125,6 +125,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
     _reduced: tuple[Any, ...] | None = None  # what __reduce__ returns, once built
     _sending = False  # made by transfer(): pickles as a hand-over of ownership
     _refused: Exception | None = None  # why a received hand-over failed: raised at first use
+    _packed: bytes | None = None  # what `_unpack` made it from
 
     _spec: _Spec  # what the handle is and pickles; everything above is this process's
 
@@ -773,17 +774,20 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
         if self._spec.identity is None:  # pickled by a release that sent none
             self._spec, self._reduced = self._spec._replace(identity=mapped.identity), None
         found, wanted = mapped.layout, self._spec.layout
-        if (
+        if found is wanted or (
             found is not None
             and found.shape == wanted.shape
             and found.dtype == wanted.dtype
             and found.fortran == wanted.fortran
         ):
             # the common case: the pickle matches the header
-            spec = self._spec  # not _replace(): this is a worker's every first use
-            self._spec = _Spec(
-                spec.name, found, spec.region, spec.identity, spec.readonly, spec.host
-            )
+            if found is not wanted:
+                spec = self._spec  # not _replace(): this is a worker's every first use
+                self._spec = _Spec(
+                    spec.name, found, spec.region, mapped.identity, spec.readonly, spec.host
+                )
+                if self._packed is not None:  # later copies of this pickle start from here
+                    _remember_unpacked(self._packed, self._spec)
             self._use(mapped)
             return mapped.array
         shape, dtype, fortran, _ = self._spec.layout
@@ -1392,14 +1396,25 @@ _PACK_PROTOCOL = 4  # Python 3.4+; short opcodes for short strings
 
 def _unpack(packed: bytes) -> SharedMemoryArray[Any]:
     """Unpickle a handle pickled by `SharedMemoryArray.__reduce__`: `_rebuild` with
-    the arguments ``packed`` holds, each set of them parsed once per process."""
+    the arguments ``packed`` holds, each set of them parsed once per process.
+
+    Once a handle from ``packed`` has been checked against its segment's header,
+    later ones start from what the check found (`_attach_lazily`), which their
+    first use then takes as checked while the same mapping serves them.
+    """
     spec = _unpacked.get(packed)
     if spec is None:
-        spec = _spec_of(*pickle.loads(packed))
-        if len(_unpacked) >= _UNPACKED_MAX:
-            _unpacked.clear()
-        _unpacked[packed] = spec
-    return SharedMemoryArray._make(spec, None)
+        spec = _remember_unpacked(packed, _spec_of(*pickle.loads(packed)))
+    handle: SharedMemoryArray[Any] = SharedMemoryArray.__new__(SharedMemoryArray)
+    handle._spec, handle._packed = spec, packed
+    return handle
+
+
+def _remember_unpacked(packed: bytes, spec: _Spec) -> _Spec:
+    if len(_unpacked) >= _UNPACKED_MAX:
+        _unpacked.clear()
+    _unpacked[packed] = spec
+    return spec
 
 
 def _receive(

@@ -165,14 +165,12 @@ def attach(
         hit = _entries.get(key)
         # A pool worker's every task: a segment mapped here, named by the pickle, is
         # served (see `_lookup`); the others are checked now and then.
-        if hit is not None and hit.identity.same_mapping(identity):
-            if len(_entries) == 1:  # two reads of a dict: no lock needed
-                return hit
-            if time.monotonic() - _checked < CHECK_SECONDS:
-                with _lock:
-                    if key in _entries:
-                        _entries.move_to_end(key)
-                return hit
+        if (
+            hit is not None
+            and (hit.identity is identity or hit.identity.same_mapping(identity))
+            and (len(_entries) == 1 or time.monotonic() - _checked < CHECK_SECONDS)
+        ):
+            return hit  # reads only: no lock needed; its place in the LRU order waits
         with _lock:
             hit = _lookup(key, identity)
         if hit is not None:

@@ -69,10 +69,22 @@ def task_ours(task: tuple[SharedMemoryArray[Any], int]) -> float:
     return float(array[i % array.shape[0], 0])
 
 
-def task_handle_unused(task: tuple[SharedMemoryArray[Any], int]) -> float:
-    """Hand-off task that receives our handle but never maps it: the transport cost alone."""
+def task_handle_unused(task: tuple[object, int]) -> float:
+    """Hand-off task that receives our handle (or another object) but never uses it:
+    the transport cost alone."""
     _handle, i = task
     return float(i)
+
+
+class ByCall:
+    """An object pickled as a call with one bytes argument, as our handle is, and
+    rebuilt as those bytes: what passing any object by reference costs."""
+
+    def __init__(self, packed: bytes) -> None:
+        self.packed = packed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (bytes, (self.packed,))
 
 
 def task_stdlib(task: tuple[str, tuple[int, ...], str, int]) -> float:
@@ -225,6 +237,15 @@ def _rows(
             "ours, handle sent but never mapped: (handle, i)",
             task_handle_unused,
             [(handle, i) for i in range(count)],
+            math.fsum(float(i) for i in range(count)),
+        )
+    )
+    packed = handle.__reduce__()[1][0]
+    rows.append(
+        HandoffRow(
+            f"any object pickled as a call: ({len(packed)} bytes by `bytes(...)`, i)",
+            task_handle_unused,
+            [(ByCall(packed), i) for i in range(count)],
             math.fsum(float(i) for i in range(count)),
         )
     )

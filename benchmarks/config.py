@@ -17,6 +17,7 @@ class Config:
     handoff_pickle_tasks: int
     handoff_torch_tasks: int
     handoff_reps: int
+    handoff_target_reps: int  # for the target rows: passing nothing, ours, the controls
     attach_mb: int
     attach_iters: int
     attach_warm_iters: int
@@ -53,6 +54,7 @@ FULL = Config(
     handoff_pickle_tasks=24,
     handoff_torch_tasks=1000,
     handoff_reps=7,
+    handoff_target_reps=31,
     attach_mb=80,
     attach_iters=3000,
     attach_warm_iters=30_000,
@@ -89,6 +91,7 @@ QUICK = Config(
     handoff_pickle_tasks=6,
     handoff_torch_tasks=100,
     handoff_reps=2,
+    handoff_target_reps=3,
     attach_mb=8,
     attach_iters=300,
     attach_warm_iters=3000,

@@ -288,6 +288,15 @@ def write_then_fail_or_list(item: tuple[np.ndarray, bool]) -> list[str]:
     return mapped
 
 
+def mark_then_fail(item: tuple[str, int, object]) -> int:
+    """Leave a file named ``i`` in ``directory``, then raise if ``i`` is 3."""
+    directory, i, _argument = item
+    open(os.path.join(directory, str(i)), "w").close()
+    if i == 3:
+        raise ValueError("failed on purpose at 3")
+    return i
+
+
 def written_kib(pid: int, name: str) -> list[int]:
     """The KiB each of process ``pid``'s mappings of segment ``name`` holds of its
     own: the pages it wrote to a private (copy-on-write) mapping."""

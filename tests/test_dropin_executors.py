@@ -27,6 +27,7 @@ from helpers import (
     loaded_here,
     made_and_transferred,
     mapped_segments,
+    mark_then_fail,
     nested_result,
     own_then_die,
     own_then_die_on_the_second,
@@ -621,6 +622,23 @@ def test_each_chunk_gets_its_own_copy_of_a_task_function_with_state(context, chu
     with Pool(1, context=context) as fresh:
         # By name: the chunk's wrapper and the task function, each loaded once.
         assert set(fresh.map(loaded_here, items, chunksize)) == {2}
+
+
+@pytest.mark.parametrize("argument", ["small", "large"])
+def test_a_map_chunk_stops_at_its_first_error_as_in_the_standard_pool(tmp_path, argument):
+    given = big() if argument == "large" else None  # large: shared, its chunk ticketed
+    ran = {}
+    for kind, make in (("stdlib", multiprocessing.pool.Pool), ("ours", Pool)):
+        with make(1) as pool:
+            for chunksize in (8, 2):  # one chunk; four, the second failing at its end
+                directory = tmp_path / f"{kind}_{chunksize}"
+                directory.mkdir()
+                items = [(str(directory), i, given) for i in range(8)]
+                with pytest.raises(ValueError, match="at 3"):
+                    pool.map(mark_then_fail, items, chunksize=chunksize)
+                ran[kind, chunksize] = sorted(int(path.name) for path in directory.iterdir())
+    assert ran["ours", 8] == ran["stdlib", 8] == [0, 1, 2, 3]
+    assert ran["ours", 2] == ran["stdlib", 2] == list(range(8))
 
 
 def test_odd_arguments_and_errors_travel_as_with_the_standard_pools():

@@ -486,10 +486,14 @@ class Ticketed:
         return self._reduced
 
     def __call__(self, item: Any) -> Any:
+        global _chunk_failed
         number = None
         own: dict[str, np.ndarray[Any, Any]] | None = None  # views of an item not in a `Chunk`
+        marked = type(item) is tuple and len(item) == 3 and item[0] is Shared
+        if _chunk_failed:  # not run, as in the standard pool, whose chunk stops there
+            return Receipted(item[1], None) if marked else None
         try:
-            if type(item) is tuple and len(item) == 3 and item[0] is Shared:
+            if marked:
                 _, number, item = item
                 views = _chunk_views
                 if views is None:
@@ -500,6 +504,7 @@ class Ticketed:
                 value = ship(value, self.min_bytes)
         except Exception as exc:  # with its traceback, as multiprocessing sends it
             value = Raised(multiprocessing.pool.ExceptionWithTraceback(exc, exc.__traceback__))  # type: ignore[attr-defined]
+            _chunk_failed = _chunk_views is not None  # the rest of a map chunk is not run
             # The wrapper holds the traceback as text.  The object would make a cycle
             # (this frame holds the exception, its traceback this frame) that keeps
             # the task's arrays, and so their mappings, until a garbage collection.
@@ -521,11 +526,13 @@ class Ticketed:
 # The views of a map chunk's arguments while a `Chunk` runs in this worker: its
 # items share one view of each, as they would share one unpickled copy.
 _chunk_views: dict[str, np.ndarray[Any, Any]] | None = None
+_chunk_failed = False  # an item of the running `Chunk` raised
 
 
 class Chunk:
     """A map chunk's function (``multiprocessing.pool.mapstar``) as a worker runs
-    it: its `Ticketed` items share their views, let go of when the chunk is done."""
+    it: its `Ticketed` items share their views, let go of when the chunk is done,
+    and once one raises the others are not run (their values, never seen: None)."""
 
     __slots__ = ("_reduced", "mapper")
 
@@ -539,13 +546,13 @@ class Chunk:
         return self._reduced
 
     def __call__(self, task: Any) -> list[Any]:
-        global _chunk_views
+        global _chunk_views, _chunk_failed
         views: dict[str, np.ndarray[Any, Any]] = {}
         _chunk_views = views
         try:
             return self.mapper(task)
         finally:
-            _chunk_views = None
+            _chunk_views, _chunk_failed = None, False
             if views:
                 _let_go_of_views(views)
 

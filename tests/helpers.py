@@ -289,11 +289,11 @@ def write_then_fail_or_list(item: tuple[np.ndarray, bool]) -> list[str]:
 
 
 def mark_then_fail(item: tuple[str, int, object]) -> int:
-    """Leave a file named ``i`` in ``directory``, then raise if ``i`` is 3."""
+    """Leave a file named ``i`` in ``directory``, then raise if ``i % 8`` is 3."""
     directory, i, _argument = item
     open(os.path.join(directory, str(i)), "w").close()
-    if i == 3:
-        raise ValueError("failed on purpose at 3")
+    if i % 8 == 3:
+        raise ValueError(f"failed on purpose at {i}")
     return i
 
 

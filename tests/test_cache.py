@@ -148,6 +148,13 @@ def test_a_pool_workers_repeated_attach_checks_the_other_segments_only_now_and_t
         ):
             for _ in range(3):
                 assert pickle.loads(payload).as_array().tolist() == [0.0]
+        # then, the window past, a check
+        with (
+            mock.patch.object(_cache, "CHECK_SECONDS", 0.0),
+            mock.patch.object(_cache._segment, "directory_state", return_value=None) as state,
+        ):
+            pickle.loads(payload).as_array()
+        assert state.called
         # an attach by name checks them all, whenever it comes
         with mock.patch.object(_cache._segment, "directory_state", return_value=None) as state:
             SharedMemoryArray.attach(second.name).close()

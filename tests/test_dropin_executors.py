@@ -630,7 +630,8 @@ def test_a_map_chunk_stops_at_its_first_error_as_in_the_standard_pool(tmp_path, 
     ran = {}
     for kind, make in (("stdlib", multiprocessing.pool.Pool), ("ours", Pool)):
         with make(1) as pool:
-            for chunksize in (8, 2):  # one chunk; four, the second failing at its end
+            # one chunk; four, the second failing at its end (the flag ends with it)
+            for chunksize in (8, 2):
                 directory = tmp_path / f"{kind}_{chunksize}"
                 directory.mkdir()
                 items = [(str(directory), i, given) for i in range(8)]
@@ -639,6 +640,21 @@ def test_a_map_chunk_stops_at_its_first_error_as_in_the_standard_pool(tmp_path, 
                 ran[kind, chunksize] = sorted(int(path.name) for path in directory.iterdir())
     assert ran["ours", 8] == ran["stdlib", 8] == [0, 1, 2, 3]
     assert ran["ours", 2] == ran["stdlib", 2] == list(range(8))
+
+
+def test_the_items_a_failed_chunk_skips_still_give_back_its_arrays(tmp_path):
+    # Each chunk's first array comes after its failing item: the chunk's ticket is on
+    # a skipped item.  Unreturned, the call would wait for room to send the third.
+    items = [
+        (str(tmp_path), 8 * chunk + k, big(chunk) if k > 3 else None)
+        for chunk in range(5)
+        for k in range(8)
+    ]
+    with Pool(1) as pool:
+        with pytest.raises(ValueError, match="at 3"):
+            pool.map_async(mark_then_fail, items, chunksize=8).get(60)
+        assert len(list(tmp_path.iterdir())) == 5 * 4
+        assert pool.map(len, [big()] * 3) == [BIG // 8] * 3
 
 
 def test_odd_arguments_and_errors_travel_as_with_the_standard_pools():

@@ -771,7 +771,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             mapped = _cache.attach(name, self._spec.identity, readonly=self._spec.readonly)
         except SegmentNotFoundError as exc:
             raise self._foreign_or(exc) from None
-        if self._spec.identity is None:  # pickled by a release that sent none
+        pinned = self._spec.identity is not None
+        if not pinned:  # pickled by a release that sent none
             self._spec, self._reduced = self._spec._replace(identity=mapped.identity), None
         found, wanted = mapped.layout, self._spec.layout
         if found is wanted or (
@@ -786,7 +787,7 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
                 self._spec = _Spec(
                     spec.name, found, spec.region, mapped.identity, spec.readonly, spec.host
                 )
-                if self._packed is not None:  # later copies of this pickle start from here
+                if self._packed is not None and pinned:  # later copies start from here
                     _remember_unpacked(self._packed, self._spec)
             self._use(mapped)
             return mapped.array
@@ -1411,7 +1412,7 @@ def _unpack(packed: bytes) -> SharedMemoryArray[Any]:
 
 
 def _remember_unpacked(packed: bytes, spec: _Spec) -> _Spec:
-    if len(_unpacked) >= _UNPACKED_MAX:
+    if len(_unpacked) >= _UNPACKED_MAX and packed not in _unpacked:
         _unpacked.clear()
     _unpacked[packed] = spec
     return spec

@@ -28,6 +28,7 @@ rules:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -79,7 +80,7 @@ _lock = threading.RLock()
 _entries: OrderedDict[tuple[str, bool], Mapped] = OrderedDict()  # (name, read-only)
 _checked_state: object = None  # /dev/shm's state when every entry was last checked
 _memfd_checked = 0.0  # when the memfd entries were last checked (time.monotonic)
-_checked = 0.0  # when `_lookup` last checked the entries (time.monotonic)
+_checked = -math.inf  # when every entry had last been checked (time.monotonic)
 
 
 def _reset_lock() -> None:
@@ -135,7 +136,9 @@ def _lookup(key: tuple[str, bool], identity: Identity | None) -> Mapped | None:
             _memfd_checked = now
         if changed:
             _checked_state = state if complete else None
-        _checked = now if complete else 0.0  # a gone entry kept to serve: check again next time
+        # The memfd entries were checked last (if not now, less than CHECK_SECONDS
+        # ago); a gone entry kept to serve once more: check again at the next attach.
+        _checked = _memfd_checked if complete else -math.inf
     hit = _entries.get(key)
     if hit is not None and (identity is None or hit.identity.same_mapping(identity)):
         _entries.move_to_end(key)
@@ -165,12 +168,16 @@ def attach(
         hit = _entries.get(key)
         # A pool worker's every task: a segment mapped here, named by the pickle, is
         # served (see `_lookup`); the others are checked now and then.
-        if (
-            hit is not None
-            and (hit.identity is identity or hit.identity.same_mapping(identity))
-            and (len(_entries) == 1 or time.monotonic() - _checked < CHECK_SECONDS)
-        ):
-            return hit  # reads only: no lock needed; its place in the LRU order waits
+        if hit is not None and (hit.identity is identity or hit.identity.same_mapping(identity)):
+            if len(_entries) == 1:  # reads only: no lock needed
+                return hit
+            if time.monotonic() - _checked < CHECK_SECONDS:
+                # No lock either: one call, atomic under the GIL as the reads are.
+                try:  # noqa: SIM105 (suppress() costs more than this whole path)
+                    _entries.move_to_end(key)
+                except KeyError:  # dropped by another thread meanwhile: still served
+                    pass
+                return hit
         with _lock:
             hit = _lookup(key, identity)
         if hit is not None:

@@ -491,7 +491,7 @@ class Ticketed:
         own: dict[str, np.ndarray[Any, Any]] | None = None  # views of an item not in a `Chunk`
         marked = type(item) is tuple and len(item) == 3 and item[0] is Shared
         if _chunk_failed:  # not run, as in the standard pool, whose chunk stops there
-            return Receipted(item[1], None) if marked else None
+            return Receipted(item[1], None) if marked and item[1] is not None else None
         try:
             if marked:
                 _, number, item = item

@@ -149,7 +149,7 @@ class HandoffRow:
     function: Callable[[Any], float] | None
     tasks: list[Any]
     expected: float
-    reps: int = 0  # 0: the configured repetitions for every row
+    target: bool = False  # a row of the targets: repeated more against the noise
 
 
 def _peer_rows(
@@ -257,8 +257,8 @@ def _rows(
             math.fsum(float(i) for i in range(count)),
         )
     )
-    for row in rows:  # the target rows: cheap, so repeated more against the noise
-        row.reps = config.handoff_target_reps
+    for row in rows:  # cheap to repeat
+        row.target = True
     shm = shared_memory.SharedMemory(name=fresh_name("std"), create=True, size=data.nbytes)
     view: np.ndarray[Any, Any] = np.ndarray(data.shape, data.dtype, buffer=shm.buf)
     view[...] = data
@@ -290,6 +290,10 @@ def _rows(
     return rows
 
 
+def _reps(config: Config, row: HandoffRow) -> int:
+    return config.handoff_target_reps if row.target else config.handoff_reps
+
+
 def _time_all(config: Config, peers: Peers, ctx: Any) -> dict[tuple[str, int | None], list[float]]:
     """Run every hand-off row; seconds per task, keyed by (row label, chunksize)."""
     data = make_data(rows_for(config.handoff_mb))
@@ -306,9 +310,9 @@ def _time_all(config: Config, peers: Peers, ctx: Any) -> dict[tuple[str, int | N
             for row in rows:  # one untimed round: first attaches, imports, caches
                 if row.function is not None:
                     pool.map(row.function, row.tasks[:50], 1)
-            reps = max(row.reps or config.handoff_reps for row in rows)
+            reps = max(config.handoff_reps, config.handoff_target_reps)
             for rep in range(reps):
-                timed = [row for row in rows if rep < (row.reps or config.handoff_reps)]
+                timed = [row for row in rows if rep < _reps(config, row)]
                 for chunksize in CHUNKSIZES:
                     for row in rotated(timed, rep):
                         if row.function is None:

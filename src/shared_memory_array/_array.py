@@ -782,11 +782,8 @@ class SharedMemoryArray(Generic[_ScalarT_co]):
             and found.fortran == wanted.fortran
         ):
             # the common case: the pickle matches the header
-            if found is not wanted:
-                spec = self._spec  # not _replace(): this is a worker's every first use
-                self._spec = _Spec(
-                    spec.name, found, spec.region, mapped.identity, spec.readonly, spec.host
-                )
+            if found is not wanted:  # else an earlier copy of this pickle was checked
+                self._spec = self._spec._replace(layout=found, identity=mapped.identity)
                 if self._packed is not None and pinned:  # later copies start from here
                     _remember_unpacked(self._packed, self._spec)
             self._use(mapped)
